@@ -1,0 +1,11 @@
+# MoCo v1: one direction, ShuffleBN, a single Linear 2048->128, moco_basic augmentation.
+CONFIG = dict(
+    method="moco", recipe="moco_basic",
+    head="linear", dim=128, hidden_dim=2048, predictor=False, last_bias=True,
+    online_bn="bn", target_bn="bn", shuffle_bn=True,
+    symmetric=False, temperature=0.07, queue_size=65536,
+    momentum_base=0.999, momentum_schedule="fixed",
+    optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="multistep", milestones=(0.6, 0.8),
+    epochs=200, batch_size=256,
+    probe=True, probe_lr=30.0, probe_schedule="multistep_epochs", probe_milestones=(60, 80),
+)

@@ -1,0 +1,11 @@
+# MoCo v2+: symmetric loss, no shuffle, BN projector + predictor (256/4096), SyncBN, cosine momentum.
+CONFIG = dict(
+    method="moco", recipe="moco_plus",
+    head="mlp_bn", dim=256, hidden_dim=4096, predictor=True, last_bias=True,
+    online_bn="syncbn", target_bn="syncbn", shuffle_bn=False,
+    symmetric=True, temperature=0.2, queue_size=65536,
+    momentum_base=0.99, momentum_schedule="cosine",
+    optimizer="sgd", lr=0.03, weight_decay=1e-4, schedule="warmcos", warmup_epochs=10,
+    epochs=200, batch_size=256,
+    probe=True, probe_lr=30.0, probe_schedule="multistep_epochs", probe_milestones=(60, 80),
+)

@@ -1,0 +1,99 @@
+"""Checkpoints in the reference layout, written atomically.
+
+Layout (``../shared/reference/checkpoint_layout.json``): ``start_epoch`` (epochs done),
+``model`` (keys ``module.online_encoder.*``, ``module.target_encoder.*``, ``module.queue``,
+``module.queue_ptr``; supervised: ``module.<resnet>``), ``optimizer``, and with the online
+probe ``classifier`` (``module.weight``/``module.bias``) and ``optimizer_cls``. fastairl adds
+its own keys under ``fastairl`` (step, scaler, RNG states, config) which the reference ignores,
+so our files load there and theirs load here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+PREFIX = "module."
+
+
+def add_prefix(sd: dict) -> dict:
+    return {PREFIX + k: v for k, v in sd.items()}
+
+
+def strip_prefix(sd: dict) -> dict:
+    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in sd.items()}
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``: a crash or
+    a full disk mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # corrupt / truncated / not a torch file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); is it a complete "
+                         f"torch checkpoint?") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"checkpoint {path} has no 'model' entry; expected a fastairl or reference "
+                         f"pre-training checkpoint")
+    return ckpt
+
+
+def check_model_keys(model_sd: dict, expected: dict, path: Path) -> None:
+    """Clear error when a checkpoint's model does not fit the experiment being run."""
+    got = strip_prefix(model_sd)
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    bad = [k for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad:
+            k = bad[0]
+            parts.append(f"{len(bad)} with other shapes (e.g. {k}: {tuple(got[k].shape)} vs {tuple(expected[k].shape)})")
+        raise ValueError(f"checkpoint {path} does not match this experiment/arch: " + "; ".join(parts))
+
+
+def optimizer_state_fits(opt: torch.optim.Optimizer, state: dict) -> bool:
+    """True when ``state`` has the same groups, sizes and buffer shapes as ``opt``."""
+    try:
+        groups = state["param_groups"]
+        if len(groups) != len(opt.param_groups):
+            return False
+        for g_saved, g in zip(groups, opt.param_groups):
+            if len(g_saved["params"]) != len(g["params"]):
+                return False
+            for pid, p in zip(g_saved["params"], g["params"]):
+                st = state["state"].get(pid, {})
+                buf = st.get("momentum_buffer")
+                if buf is not None and tuple(buf.shape) != tuple(p.shape):
+                    return False
+        return True
+    except (KeyError, TypeError, AttributeError):
+        return False

@@ -1,0 +1,170 @@
+"""Experiment configuration: one dataclass, filled from ``exp/<name>.py``, then ``--set``.
+
+Every experiment value lives in ``exp/`` (and augmentation numbers in
+``fastairl/data/recipes.py``); the defaults here are only neutral run settings.
+``--set key=value`` converts ``value`` with the field's type and refuses unknown keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXP_DIR = Path(__file__).resolve().parent.parent / "exp"
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the CLI prints it as one line."""
+
+
+@dataclass
+class Config:
+    name: str = ""
+    method: str = "moco"               # moco | byol | supervised
+    arch: str = "resnet50"
+    image_size: int = 224
+    recipe: str = "moco_plus"          # fastairl.data.recipes.RECIPES
+    # heads
+    head: str = "mlp_bn"               # linear | mlp | mlp_bn
+    dim: int = 256
+    hidden_dim: int = 4096
+    predictor: bool = False
+    last_bias: bool = True
+    # batch norm per encoder: bn | syncbn | plainsync
+    online_bn: str = "bn"
+    target_bn: str = "bn"
+    shuffle_bn: bool = False
+    # MoCo
+    symmetric: bool = True
+    temperature: float = 0.2
+    queue_size: int = 65536
+    # target encoder
+    momentum_base: float = 0.99
+    momentum_schedule: str = "cosine"  # cosine | fixed
+    # optimisation
+    optimizer: str = "sgd"             # sgd | lars
+    lr: float = 0.03                   # per 256 images of global batch
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    nesterov: bool = False
+    lars_eta: float = 0.001
+    schedule: str = "warmcos"          # warmcos | multistep | cosine
+    warmup_epochs: float = 10.0
+    milestones: tuple = (0.6, 0.8)     # fractions of all iterations (multistep)
+    epochs: int = 200
+    batch_size: int = 256              # global
+    # online linear probe on detached pooled features of view 1
+    probe: bool = True
+    probe_lr: float = 30.0             # per 256, like every SGD lr of the reference
+    probe_schedule: str = "multistep_epochs"  # multistep_epochs | cosine
+    probe_milestones: tuple = (60, 80) # epochs
+    # supervised baseline
+    eval_every: int = 0                # validate every N epochs (0: never)
+    # data
+    loader: str = "auto"
+    workers: int = 6                   # per process (reference-style folder loader)
+    seed: int = 0
+    log_every: int = 10
+    knn_every: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXP_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_experiment(name: str) -> Config:
+    path = EXP_DIR / f"{name}.py"
+    if not path.is_file():
+        raise ConfigError(f"unknown experiment {name!r} (no {path}); choose one of {available_experiments()}")
+    spec = importlib.util.spec_from_file_location(f"fastairl_exp_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    values = dict(getattr(mod, "CONFIG"))
+    cfg = Config(name=name)
+    for k, v in values.items():
+        if k not in _FIELDS:
+            raise ConfigError(f"{path}: unknown config key {k!r}")
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _convert(key: str, raw: str):
+    f = _FIELDS[key]
+    typ = f.type if not isinstance(f.type, str) else f.type
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            items = [s for s in raw.replace("(", "").replace(")", "").split(",") if s.strip()]
+            conv = [float(s) if "." in s or "e" in s.lower() else int(s) for s in items]
+            return tuple(conv)
+        return raw
+    except ValueError:
+        kind = type(default).__name__
+        raise ConfigError(f"--set {key}={raw}: expected a value of type {kind}") from None
+
+
+def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if key not in _FIELDS or key == "name":
+            raise ConfigError(f"--set {key}: unknown config key; known keys: {', '.join(sorted(k for k in _FIELDS if k != 'name'))}")
+        setattr(cfg, key, _convert(key, raw))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from .data.recipes import RECIPES
+    from .models.heads import HEADS
+    from .models.norm import BN_KINDS
+    from .models.resnet import ARCHS
+
+    checks = [
+        ("method", cfg.method in ("moco", "byol", "supervised"), "moco, byol, supervised"),
+        ("arch", cfg.arch in ARCHS, ", ".join(ARCHS)),
+        ("recipe", cfg.recipe in RECIPES, ", ".join(RECIPES)),
+        ("head", cfg.head in HEADS, ", ".join(HEADS)),
+        ("online_bn", cfg.online_bn in BN_KINDS, ", ".join(BN_KINDS)),
+        ("target_bn", cfg.target_bn in BN_KINDS, ", ".join(BN_KINDS)),
+        ("optimizer", cfg.optimizer in ("sgd", "lars"), "sgd, lars"),
+        ("schedule", cfg.schedule in ("warmcos", "multistep", "cosine"), "warmcos, multistep, cosine"),
+        ("momentum_schedule", cfg.momentum_schedule in ("cosine", "fixed"), "cosine, fixed"),
+        ("probe_schedule", cfg.probe_schedule in ("multistep_epochs", "cosine"), "multistep_epochs, cosine"),
+    ]
+    for key, ok, choices in checks:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {choices}")
+    positive = ["image_size", "batch_size", "epochs", "dim", "hidden_dim", "queue_size"]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be > 0")
+    if cfg.image_size < 32:
+        raise ConfigError(f"image_size={cfg.image_size} is too small for a ResNet (use >= 32)")
+    if not 0.0 <= cfg.momentum_base <= 1.0:
+        raise ConfigError(f"momentum_base={cfg.momentum_base} must be in [0, 1]")

@@ -1,0 +1,141 @@
+"""The reference-style loader: ImageFolder + PIL + torchvision transforms in DataLoader
+workers. It is the working fallback and the baseline every benchmark compares against,
+so it follows the reference's way of doing things on purpose (CPU augmentation, fp32).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms as T
+
+from .base import LoaderSpec
+from .recipes import MEAN, STD, ViewRecipe, eval_resize_size, get_recipe
+from .sampler import ResumableDistributedSampler
+
+
+class PILGaussianBlur:
+    """The reference's blur: PIL GaussianBlur with radius = sigma ~ U(lo, hi)."""
+
+    def __init__(self, sigma: tuple[float, float]):
+        self.sigma = sigma
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+class PILSolarize:
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img, self.threshold)
+
+
+def view_transform(v: ViewRecipe, size: int) -> T.Compose:
+    """torchvision transforms of one view, in the reference's order."""
+    ops: list = [T.RandomResizedCrop(size, scale=v.crop_scale, ratio=v.crop_ratio)]
+    jitter = None
+    if v.jitter is not None and v.jitter_p > 0:
+        b, c, s, h = v.jitter
+        jitter = T.ColorJitter(b, c, s, h)
+        if v.jitter_p < 1.0:
+            jitter = T.RandomApply([jitter], p=v.jitter_p)
+    gray = T.RandomGrayscale(p=v.gray_p) if v.gray_p > 0 else None
+    seq = [gray, jitter] if v.gray_before_jitter else [jitter, gray]
+    ops += [op for op in seq if op is not None]
+    if v.blur_p > 0:
+        ops.append(T.RandomApply([PILGaussianBlur(v.blur_sigma)], p=v.blur_p))
+    if v.solarize_p > 0:
+        ops.append(T.RandomApply([PILSolarize(v.solarize_threshold)], p=v.solarize_p))
+    if v.flip_p > 0:
+        ops.append(T.RandomHorizontalFlip(p=v.flip_p))
+    ops += [T.ToTensor(), T.Normalize(MEAN, STD)]
+    return T.Compose(ops)
+
+
+def eval_transform(size: int) -> T.Compose:
+    return T.Compose([T.Resize(eval_resize_size(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+class MultiView:
+    """Apply one transform per view to the same decoded image."""
+
+    def __init__(self, transforms: list):
+        self.transforms = transforms
+
+    def __call__(self, img):
+        return [t(img) for t in self.transforms]
+
+
+def image_folder(split_dir: Path, transform=None) -> datasets.ImageFolder:
+    """ImageFolder with one-line errors for the mistakes users make."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"data folder {split_dir} does not exist (expected an ImageNet-style "
+                                f"folder with train/ and val/ class folders)")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>.JPEG)")
+    for c in classes:
+        cdir = split_dir / c
+        if not any(p.suffix.lower() in datasets.folder.IMG_EXTENSIONS for p in cdir.rglob("*") if p.is_file()):
+            raise FileNotFoundError(f"class folder {cdir} has no images; remove it or add images")
+    return datasets.ImageFolder(str(split_dir), transform=transform)
+
+
+class FolderLoader:
+    output = "normalized"
+    flipped = True
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        split_dir = Path(spec.root) / spec.split
+        if spec.train:
+            tf = MultiView([view_transform(v, spec.image_size) for v in get_recipe(spec.recipe)])
+        else:
+            tf = MultiView([eval_transform(spec.image_size)])
+        self.dataset = image_folder(split_dir, tf)
+        self.classes = list(self.dataset.classes)
+        self.num_classes = len(self.classes)
+        self.sampler = ResumableDistributedSampler(len(self.dataset), spec.rank, spec.world_size, spec.batch_size,
+                                                   shuffle=spec.train, drop_last=spec.train, seed=spec.seed)
+        if spec.train and self.sampler.per_rank == 0:
+            raise ValueError(f"{split_dir} has {len(self.dataset)} images: too few for a per-process batch "
+                             f"of {spec.batch_size} on {spec.world_size} process(es); lower --batch-size")
+        self.device = torch.device(spec.device)
+        self._epoch = 0
+        self._make_loader()
+
+    def _make_loader(self):
+        spec = self.spec
+        self.loader = DataLoader(
+            self.dataset, batch_size=spec.batch_size, sampler=self.sampler, num_workers=spec.workers,
+            pin_memory=self.device.type == "cuda", drop_last=spec.train,
+            persistent_workers=False, worker_init_fn=_seed_worker,
+            generator=torch.Generator().manual_seed(spec.seed * 1000 + spec.rank),
+            prefetch_factor=4 if spec.workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self._epoch = epoch
+        self.sampler.set_epoch(epoch, start_batch)
+        self.loader.generator.manual_seed(self.spec.seed * 1000003 + epoch * 1009 + self.spec.rank)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        nb = self.device.type == "cuda"
+        for views, labels in self.loader:
+            yield [v.to(self.device, non_blocking=nb) for v in views], labels.to(self.device, non_blocking=nb)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    import numpy as np
+    np.random.seed(seed)

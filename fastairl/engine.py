@@ -1,0 +1,486 @@
+"""The training loop shared by every method.
+
+One process per device (torchrun) or one plain process. Per iteration: fetch a batch
+(time spent waiting is logged as the data-wait share), run the batched augmentation when
+the loader hands over uint8 views, forward under autocast, backward (GradScaler for fp16),
+optimizer step, the method's ``after_step`` (target EMA, queue), the gradient-free online
+probe, logging, and checkpoints at each epoch end and at ``--max-steps``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt_io
+from . import distributed as fdist
+from .config import Config
+from .data import build_loader, choose_loader, resolve_data
+from .data.base import LoaderSpec
+from .logging_utils import RunLogger
+from .methods import build_method
+from .methods.supervised import topk_acc
+from .optim import LARS, lars_param_groups, lr_at
+
+log = logging.getLogger("fastairl")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+@dataclass
+class RunOptions:
+    data: str = "demo"
+    output_dir: str = "outputs"
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    loader: str | None = None
+    max_steps: int | None = None
+    resume: str | None = None
+    overwrite: bool = False
+    compile: bool = False
+    workers: int | None = None
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch (use --device cpu)")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
+    """bf16 by default on GPUs that support it, fp16 on older GPUs, off on CPU."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+    if name not in table:
+        raise UserError(f"--amp {name}: choose bf16, fp16 or off")
+    if name == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device (use --amp bf16 or off on CPU)")
+    return table[name]
+
+
+def build_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    online = model.online_encoder
+    if cfg.optimizer == "lars":
+        groups = lars_param_groups(online.named_parameters(), cfg.weight_decay)
+        return LARS(groups, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+    params = [p for p in online.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config, opts: RunOptions):
+        self.cfg, self.opts = cfg, opts
+        self.device = resolve_device(opts.device)
+        self.dist = fdist.init(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.is_main = self.dist.is_main
+        self.amp_dtype = resolve_amp(opts.amp, self.device)
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, opts, d = self.cfg, self.opts, self.dist
+        if cfg.batch_size % d.world_size:
+            raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world_size} processes")
+        self.local_batch = cfg.batch_size // d.world_size
+        self.data_root = resolve_data(opts.data)
+        self.loader_name = choose_loader(opts.loader or cfg.loader, self.data_root, self.device.type)
+        workers = opts.workers if opts.workers is not None else cfg.workers
+        spec = LoaderSpec(root=str(self.data_root), split="train", recipe=cfg.recipe, image_size=cfg.image_size,
+                          batch_size=self.local_batch, rank=d.rank, world_size=d.world_size,
+                          device=str(self.device), workers=workers, seed=cfg.seed, train=True)
+        self.loader = build_loader(self.loader_name, spec)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"--data {opts.data}: fewer training images than one global batch of {cfg.batch_size}")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.num_classes = self.loader.num_classes
+
+        self.run_dir = Path(opts.output_dir) / cfg.name
+        self._prepare_run_dir()
+
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        model = build_method(cfg, self.device, self.num_classes).to(self.device)
+        if opts.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        scale = cfg.batch_size / 256.0
+        self.base_lr = cfg.lr * scale
+        self.optimizer = build_optimizer(cfg, model, self.base_lr)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+        self.probe = None
+        if cfg.probe and cfg.method != "supervised":
+            feat_dim = model.online_encoder.feat_dim
+            self.probe = nn.Linear(feat_dim, self.num_classes).to(self.device)
+            self.probe_base_lr = cfg.probe_lr * scale
+            self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=self.probe_base_lr, momentum=0.9,
+                                             weight_decay=0.0)
+
+        self.augment = None
+        if self.loader.output == "uint8":
+            from .data.augment import GPUAugment
+            from .data.recipes import get_recipe
+            self.augment = GPUAugment(get_recipe(cfg.recipe), out_dtype=torch.float32,
+                                      channels_last=opts.channels_last, flip_done=self.loader.flipped)
+
+        if opts.compile:
+            model.online_encoder.compile()
+            if getattr(model, "uses_target", False):
+                model.target_encoder.compile()
+
+        self.ddp_model = model
+        self.ddp_probe = self.probe
+        if d.distributed:
+            kw = dict(device_ids=[self.device.index]) if self.device.type == "cuda" else {}
+            self.ddp_model = nn.parallel.DistributedDataParallel(model, **_no_buffer_sync(), **kw)
+            if self.probe is not None:
+                self.ddp_probe = nn.parallel.DistributedDataParallel(self.probe, **kw)
+
+        self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
+        if opts.resume:
+            self._resume(opts.resume)
+        self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.global_step or None)
+        if self.is_main:
+            cfg.save(self.run_dir / "config.json")
+            log.info("run %s: %s %s, %d process(es) on %s, amp=%s, channels_last=%s, loader=%s, data=%s",
+                     cfg.name, cfg.method, cfg.arch, d.world_size, self.device,
+                     {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
+                     opts.channels_last, self.loader_name, self.data_root)
+            log.info("global batch %d (%d per process), %d steps/epoch, %d epochs, lr %.4g",
+                     cfg.batch_size, self.local_batch, self.steps_per_epoch, cfg.epochs, self.base_lr)
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0 decides; every rank learns the verdict (so all exit together on error)."""
+        err = None
+        if self.is_main:
+            rd = self.run_dir
+            exists = rd.exists() and any(rd.iterdir())
+            if exists and not (self.opts.resume or self.opts.overwrite):
+                err = (f"output folder {rd} already holds a run; pass --resume to continue it or "
+                       f"--overwrite to replace it (or choose another --output-dir)")
+            elif exists and self.opts.overwrite and not self.opts.resume:
+                shutil.rmtree(rd)
+            if err is None:
+                rd.mkdir(parents=True, exist_ok=True)
+        err = fdist.broadcast_object(err)
+        if err:
+            raise UserError(err)
+
+    def _resume(self, which: str) -> None:
+        path = self.run_dir / "last.pth" if which == "auto" else Path(which)
+        if not path.is_file():
+            raise UserError(f"--resume: checkpoint {path} does not exist"
+                            + (" (no previous run in this folder)" if which == "auto" else ""))
+        try:
+            ck = ckpt_io.load(path)
+            expected = self.model.layout_state_dict()
+            ckpt_io.check_model_keys(ck["model"], expected, path)
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+        self.model.load_layout_state_dict(ckpt_io.strip_prefix(ck["model"]))
+        if self.opts.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if "optimizer" in ck and ckpt_io.optimizer_state_fits(self.optimizer, ck["optimizer"]):
+            self.optimizer.load_state_dict(ck["optimizer"])
+        elif "optimizer" in ck:
+            log.warning("resume: the optimizer state in %s does not fit this optimizer; momentum buffers "
+                        "start from zero", path)
+        if self.probe is not None and "classifier" in ck:
+            self.probe.load_state_dict(ckpt_io.strip_prefix(ck["classifier"]))
+            if "optimizer_cls" in ck and ckpt_io.optimizer_state_fits(self.probe_opt, ck["optimizer_cls"]):
+                self.probe_opt.load_state_dict(ck["optimizer_cls"])
+        extra = ck.get("fastairl")
+        if extra:
+            self.start_epoch = int(extra["epoch"])
+            self.start_batch = int(extra["batch_in_epoch"])
+            self.global_step = int(extra["step"])
+            if self.scaler is not None and extra.get("scaler"):
+                self.scaler.load_state_dict(extra["scaler"])
+            if hasattr(self.model, "restore_extra_state"):
+                self.model.restore_extra_state(extra.get("method_state"))
+            rngs = extra.get("rng")
+            if rngs and self.dist.rank < len(rngs) and rngs[self.dist.rank] is not None:
+                _set_rng_state(rngs[self.dist.rank])
+        else:  # a reference checkpoint: epochs done only
+            self.start_epoch = int(ck.get("start_epoch", 0))
+            self.global_step = self.start_epoch * self.steps_per_epoch
+        if self.start_batch >= self.steps_per_epoch:
+            self.start_epoch, self.start_batch = self.start_epoch + 1, 0
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.start_epoch, self.start_batch,
+                 self.global_step)
+
+    # --------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
+        """All ranks call this (RNG states are gathered); rank 0 writes."""
+        rng = _rng_state()
+        rngs = [rng]
+        if self.dist.distributed:
+            rngs = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rngs, rng)
+        if not self.is_main:
+            return
+        epochs_done = epoch + (1 if batch_in_epoch >= self.steps_per_epoch else 0)
+        ck = {
+            "start_epoch": epochs_done,
+            "model": ckpt_io.add_prefix(self.model.layout_state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "fastairl": {
+                "step": self.global_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "config": self.cfg.to_dict(), "rng": rngs,
+                "method_state": self.model.extra_state() if hasattr(self.model, "extra_state") else None,
+                "world_size": self.dist.world_size,
+            },
+        }
+        if self.probe is not None:
+            ck["classifier"] = ckpt_io.add_prefix(self.probe.state_dict())
+            ck["optimizer_cls"] = self.probe_opt.state_dict()
+        ckpt_io.atomic_torch_save(ck, self.run_dir / "last.pth")
+
+    # -------------------------------------------------------------------- loop
+    def _set_lrs(self, step: int, epoch: int) -> float:
+        cfg = self.cfg
+        lr = lr_at(cfg.schedule, step, self.total_steps, self.base_lr,
+                   warmup_iters=int(round(cfg.warmup_epochs * self.steps_per_epoch)),
+                   milestones=tuple(cfg.milestones))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if self.probe is not None:
+            if cfg.probe_schedule == "cosine":
+                plr = lr_at("cosine", step, self.total_steps, self.probe_base_lr)
+            else:
+                plr = self.probe_base_lr * 0.1 ** sum(1 for m in cfg.probe_milestones if epoch >= m)
+            for g in self.probe_opt.param_groups:
+                g["lr"] = plr
+        return lr
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _prepare_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.augment is not None:
+            return self.augment(views)
+        if self.opts.channels_last:
+            return [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def train_step(self, views, labels, step: int, epoch: int) -> dict:
+        lr = self._set_lrs(step, epoch)
+        views = self._prepare_views(views)
+        with self._autocast():
+            loss, metrics, feats = self.ddp_model(views, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}; the last good "
+                                     f"checkpoint {self.run_dir / 'last.pth'} is intact")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.model.after_step(step, self.total_steps)
+        out = {"loss": loss.detach(), "lr": lr, **metrics}
+        if self.probe is not None and feats is not None:
+            with self._autocast():
+                logits = self.ddp_probe(feats)
+            ploss = F.cross_entropy(logits.float(), labels)
+            self.probe_opt.zero_grad(set_to_none=True)
+            ploss.backward()
+            self.probe_opt.step()
+            out["probe_loss"] = ploss.detach()
+            out["probe_acc1"] = topk_acc(logits.detach(), labels, ks=(1,))[0]
+        return out
+
+    def fit(self) -> dict:
+        cfg, opts = self.cfg, self.opts
+        steps_this_run = 0
+        max_steps = opts.max_steps
+        last: dict = {}
+        bar = None
+        if self.is_main and opts.progress:
+            from tqdm import tqdm
+            total = self.total_steps - self.global_step
+            if max_steps is not None:
+                total = min(total, max_steps)
+            bar = tqdm(total=total, dynamic_ncols=True, desc=cfg.name, unit="step", mininterval=1.0)
+        self._install_signal_handlers()
+        done = False
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                start_batch = self.start_batch if epoch == self.start_epoch else 0
+                self.loader.set_epoch(epoch, start_batch) if _accepts_start(self.loader) else self.loader.set_epoch(epoch)
+                self.model.train()
+                batch_idx = start_batch
+                t_wait = t_step = 0.0
+                n_img = 0
+                t0 = time.perf_counter()
+                it = iter(self.loader)
+                while True:
+                    tw = time.perf_counter()
+                    try:
+                        views, labels = next(it)
+                    except StopIteration:
+                        break
+                    t_wait += time.perf_counter() - tw
+                    out = self.train_step(views, labels, self.global_step, epoch)
+                    self.global_step += 1
+                    steps_this_run += 1
+                    batch_idx += 1
+                    n_img += labels.shape[0] * self.dist.world_size
+                    if bar is not None:
+                        bar.update(1)
+                    log_now = (self.global_step % cfg.log_every == 0 or batch_idx == self.steps_per_epoch
+                               or (max_steps is not None and steps_this_run >= max_steps))
+                    if log_now:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        elapsed = time.perf_counter() - t0
+                        rec = {"step": self.global_step, "epoch": epoch + batch_idx / self.steps_per_epoch}
+                        for k, v in out.items():
+                            rec[k] = float(v.item()) if torch.is_tensor(v) else float(v)
+                        if getattr(self.model, "uses_target", False):
+                            rec["momentum"] = float(self.model.current_momentum)
+                        rec["images_per_s"] = n_img / max(elapsed, 1e-9)
+                        rec["data_wait"] = t_wait / max(elapsed, 1e-9)
+                        last = rec
+                        self.logger.log(rec, self.global_step)
+                        if bar is not None:
+                            bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                        t0, n_img, t_wait = time.perf_counter(), 0, 0.0
+                    if (max_steps is not None and steps_this_run >= max_steps) or self._stop_now():
+                        self.save_checkpoint(epoch, batch_idx)
+                        done = True
+                        break
+                if done:
+                    break
+                self.save_checkpoint(epoch, self.steps_per_epoch)
+                if cfg.method == "supervised" and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+                    last.update(self.validate(epoch))
+                if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
+                    last.update(self.knn_monitor(epoch))
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        if self.is_main:
+            log.info("checkpoint: %s", (self.run_dir / "last.pth").resolve())
+            log.info("TensorBoard: tensorboard --logdir %s", (self.run_dir / "tb").resolve())
+        return last
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self.stop_requested = True
+            log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(s, handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _stop_now(self) -> bool:
+        """Every rank must agree to stop at the same step."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        if self.dist.distributed:
+            torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        spec = LoaderSpec(root=str(self.data_root), split="val", recipe="eval", image_size=self.cfg.image_size,
+                          batch_size=self.local_batch, rank=self.dist.rank, world_size=self.dist.world_size,
+                          device=str(self.device), workers=self.loader.spec.workers if hasattr(self.loader, "spec") else 2,
+                          seed=self.cfg.seed, train=False)
+        loader = build_loader("folder" if self.loader_name == "folder" else self.loader_name, spec)
+        enc = self.model.online_encoder
+        enc.eval()
+        counts = torch.zeros(3, device=self.device)
+        for views, labels in loader:
+            x = self._prepare_views(views) if loader.output == "uint8" else views[0]
+            if isinstance(x, list):
+                x = x[0]
+            with self._autocast():
+                logits = enc(x)
+            a1, a5 = topk_acc(logits.float(), labels)
+            n = labels.shape[0]
+            counts += torch.tensor([a1 * n / 100, a5 * n / 100, n], device=self.device)
+        if self.dist.distributed:
+            torch.distributed.all_reduce(counts)
+        self.model.train()
+        res = {"val_acc1": float(counts[0] / counts[2] * 100), "val_acc5": float(counts[1] / counts[2] * 100)}
+        self.logger.log({"epoch": epoch + 1, **res}, self.global_step, prefix="val")
+        if self.is_main:
+            log.info("epoch %d: val top-1 %.2f top-5 %.2f", epoch + 1, res["val_acc1"], res["val_acc5"])
+        return res
+
+    def knn_monitor(self, epoch: int) -> dict:
+        from .knn import knn_eval_encoder
+        res = knn_eval_encoder(self.model.online_encoder, self.data_root, self.cfg.image_size, self.local_batch,
+                               self.device, workers=2, amp_dtype=self.amp_dtype)
+        self.model.train()
+        self.logger.log({"epoch": epoch + 1, "knn_acc1": res["acc1"], "knn_acc5": res["acc5"]},
+                        self.global_step, prefix="knn")
+        if self.is_main:
+            log.info("epoch %d: kNN top-1 %.2f", epoch + 1, res["acc1"])
+        return {"knn_acc1": res["acc1"]}
+
+    def close(self) -> None:
+        fdist.teardown()
+
+
+def _no_buffer_sync() -> dict:
+    """Buffers (queue, BN statistics) are kept in step by the methods themselves; DDP should
+    not broadcast them every forward. torch >= 2.14 renamed the switch."""
+    import inspect
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def _accepts_start(loader) -> bool:
+    import inspect
+    try:
+        return "start_batch" in inspect.signature(loader.set_epoch).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,49 @@
+"""Run logging: console (rank 0), ``log.jsonl`` (one JSON object per logged step) and
+TensorBoard event files."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_console(rank: int, level: int = logging.INFO) -> None:
+    fmt = "[%(asctime)s fastairl" + (f" r{rank}" if rank else "") + "] %(levelname)s %(message)s"
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, format=fmt, datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+
+
+class RunLogger:
+    """Writes metrics to ``log.jsonl`` and TensorBoard (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, purge_step: int | None = None):
+        self.enabled = enabled
+        self.jsonl = None
+        self.tb = None
+        if not enabled:
+            return
+        run_dir = Path(run_dir)
+        self.jsonl = open(run_dir / "log.jsonl", "a", buffering=1)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+        except ImportError:
+            logging.getLogger(__name__).warning("tensorboard is not installed: no TensorBoard event files "
+                                                "(pip install tensorboard, or make venv)")
+
+    def log(self, record: dict, step: int, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()

@@ -1,0 +1,107 @@
+"""What every method shares: the online/target encoder pair and the momentum rule.
+
+A method is an ``nn.Module`` whose ``forward(views, labels)`` returns
+``(loss, metrics, probe_features)``; ``after_step(step, total_steps)`` runs the parts of
+an iteration that follow the optimizer step (target EMA, queue). The trainer knows nothing
+else about it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from ..models.heads import build_heads
+from ..models.norm import convert_bn
+from ..models.resnet import ARCHS, build_encoder
+
+
+def cosine_momentum(base: float, step: int, total: int) -> float:
+    """m = 1 - (1 - base) * (cos(pi k / K) + 1) / 2: base at k=0, 1 at k=K."""
+    if total <= 0:
+        return base
+    k = min(max(step, 0), total)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def momentum_update(target: nn.Module, online: nn.Module, m: float) -> None:
+    """p_t = m p_t + (1 - m) p_o for the *parameters* the target shares with the online
+    encoder (by name); buffers (BN running statistics) are left alone."""
+    online_params = dict(online.named_parameters())
+    tp, op = [], []
+    for name, p_t in target.named_parameters():
+        tp.append(p_t)
+        op.append(online_params[name].detach())
+    if hasattr(torch, "_foreach_lerp_"):
+        # lerp(p_t, p_o, 1-m) == m p_t + (1-m) p_o
+        torch._foreach_lerp_(tp, [o.to(t.dtype) for t, o in zip(tp, op)], 1.0 - m)
+    else:  # pragma: no cover - old torch
+        for t, o in zip(tp, op):
+            t.mul_(m).add_(o, alpha=1.0 - m)
+
+
+class TargetBNTrainMode:
+    """The target encoder computes batch statistics in its BN layers (train mode) while its
+    other layers are in eval mode; it never receives gradients."""
+
+    @staticmethod
+    def set(target: nn.Module) -> None:
+        target.eval()
+        for mod in target.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.train()
+
+
+class SiameseMethod(nn.Module):
+    """Online encoder (projector [+ predictor] as ``fc``) and a momentum target encoder
+    (projector only), built the reference's way: the target starts as a copy."""
+
+    uses_target = True
+
+    def __init__(self, cfg, device: torch.device | str):
+        super().__init__()
+        head, n_proj = build_heads(cfg.head, _feat_dim(cfg.arch), cfg.hidden_dim, cfg.dim,
+                                   predictor=cfg.predictor, last_bias=cfg.last_bias)
+        online = build_encoder(cfg.arch, head)
+        target = copy.deepcopy(online)
+        target.fc = nn.Sequential(*list(target.fc.children())[:n_proj])
+        self.online_encoder = convert_bn(online, cfg.online_bn, device)
+        self.target_encoder = convert_bn(target, cfg.target_bn, device)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        self.momentum_base = cfg.momentum_base
+        self.momentum_schedule = cfg.momentum_schedule
+        self.current_momentum = cfg.momentum_base
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        TargetBNTrainMode.set(self.target_encoder)
+        return self
+
+    def momentum_at(self, step: int, total: int) -> float:
+        if self.momentum_schedule == "cosine":
+            return cosine_momentum(self.momentum_base, step, total)
+        return self.momentum_base
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA of the target after optimizer step ``step`` (0-based) of ``total_steps``."""
+        m = self.momentum_at(step, total_steps)
+        self.current_momentum = m
+        momentum_update(self.target_encoder, self.online_encoder, m)
+
+    def layout_state_dict(self) -> dict:
+        """State dict in the reference layout (without the ``module.`` prefix)."""
+        return self.state_dict()
+
+    def load_layout_state_dict(self, sd: dict, strict: bool = True):
+        return self.load_state_dict(sd, strict=strict)
+
+
+def _feat_dim(arch: str) -> int:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return 512 * ARCHS[arch][0].expansion

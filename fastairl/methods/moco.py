@@ -1,0 +1,131 @@
+"""MoCo v1/v2 (one direction, ShuffleBN) and MoCo v2+/S-MoCo v2+ (symmetric, predictor).
+
+Loss: InfoNCE with the positive at index 0, features L2-normalised, logits / T, negatives
+from a queue of keys of shape (K, dim) (the reference layout's ``queue``). After each step
+the keys (gathered from all ranks, normalised) are written at ``queue_ptr``, wrapping.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import distributed as fdist
+from .base import SiameseMethod
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
+    """Cross-entropy of the positive (q.k) against the queue negatives (q.queue).
+
+    ``q``, ``k``: (B, D) normalised; ``queue``: (K, D) normalised. Returns (loss, logits)."""
+    l_pos = (q * k).sum(1, keepdim=True)
+    l_neg = q @ queue.t()
+    logits = torch.cat([l_pos, l_neg], 1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels), logits
+
+
+def topk_positive_acc(logits: torch.Tensor, ks=(1, 5)) -> list[float]:
+    """Share of rows whose positive (column 0) is within the top-k logits, in %."""
+    rank = (logits > logits[:, :1]).sum(1)  # number of logits strictly above the positive
+    return [float((rank < k).float().mean() * 100.0) for k in ks]
+
+
+@torch.no_grad()
+def shuffle_batch(x: torch.Tensor, generator: torch.Generator | None = None):
+    """ShuffleBN: gather the key batch from all ranks, shuffle it with a permutation
+    shared by every rank (drawn on rank 0 and broadcast), keep this rank's slice.
+    Returns (this rank's shuffled slice, the permutation)."""
+    x_all = fdist.gather_cat(x)
+    n = x_all.shape[0]
+    perm = torch.randperm(n, generator=generator, device="cpu").to(x.device)
+    fdist.broadcast_(perm, 0)
+    w, r = fdist.world_size(), fdist.rank()
+    idx = perm.view(w, -1)[r]
+    return x_all[idx], perm
+
+
+@torch.no_grad()
+def unshuffle_batch(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`shuffle_batch` for the encoded slice ``y``."""
+    y_all = fdist.gather_cat(y)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    w, r = fdist.world_size(), fdist.rank()
+    idx = inv.view(w, -1)[r]
+    return y_all[idx]
+
+
+class MoCo(SiameseMethod):
+    """MoCo with a queue. ``symmetric=False``: v1/v2 (q from view 1, k from view 2,
+    ShuffleBN when ``shuffle_bn``); ``symmetric=True``: v2+ (both directions, keys of one
+    randomly chosen view enqueued)."""
+
+    def __init__(self, cfg, device):
+        super().__init__(cfg, device)
+        self.temperature = cfg.temperature
+        self.symmetric = cfg.symmetric
+        self.shuffle_bn = cfg.shuffle_bn
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._pending_keys: torch.Tensor | None = None
+        # identical on every rank: decides which view's keys are enqueued (v2+)
+        self._view_gen = torch.Generator().manual_seed(cfg.seed + 7919)
+        self._shuffle_gen = torch.Generator().manual_seed(cfg.seed + 104729)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_bn:
+            xs, perm = shuffle_batch(x, self._shuffle_gen)
+            k = self.target_encoder(xs)
+            k = unshuffle_batch(k, perm)
+        else:
+            k = self.target_encoder(x)
+        return F.normalize(k.float(), dim=1)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None):
+        x1, x2 = views[0], views[1]
+        q1, feat1 = self.online_encoder(x1, return_features=True)
+        q1 = F.normalize(q1.float(), dim=1)
+        queue = self.queue.clone().detach()
+        if not self.symmetric:
+            k2 = self._keys(x2)
+            loss, logits = info_nce(q1, k2, queue, self.temperature)
+            self._pending_keys = k2
+        else:
+            q2 = F.normalize(self.online_encoder(x2).float(), dim=1)
+            k1, k2 = self._keys(x1), self._keys(x2)
+            loss1, logits = info_nce(q1, k2, queue, self.temperature)
+            loss2, _ = info_nce(q2, k1, queue, self.temperature)
+            loss = loss1 + loss2
+            pick = int(torch.randint(2, (1,), generator=self._view_gen))
+            self._pending_keys = (k1, k2)[pick]
+        acc1, acc5 = topk_positive_acc(logits.detach())
+        return loss, {"inst_acc1": acc1, "inst_acc5": acc5}, feat1.detach()
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        keys = fdist.gather_cat(keys.contiguous())
+        n, kq = keys.shape[0], self.queue.shape[0]
+        ptr = int(self.queue_ptr)
+        idx = (ptr + torch.arange(n, device=keys.device)) % kq
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % kq
+
+    def extra_state(self) -> dict:
+        """RNG states that decide view choice and shuffles (for exact resume)."""
+        return {"view_gen": self._view_gen.get_state(), "shuffle_gen": self._shuffle_gen.get_state()}
+
+    def restore_extra_state(self, state: dict | None) -> None:
+        if state:
+            self._view_gen.set_state(state["view_gen"])
+            self._shuffle_gen.set_state(state["shuffle_gen"])
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        super().after_step(step, total_steps)
+        if self._pending_keys is not None:
+            self.enqueue(self._pending_keys)
+            self._pending_keys = None
+
