@@ -33,6 +33,7 @@ class Config:
     hidden_dim: int = 4096
     predictor: bool = False
     last_bias: bool = True
+    target_predictor: bool = False     # the target keeps (and applies) the predictor too (S-MoCo)
     # batch norm per encoder: bn | syncbn | plainsync
     online_bn: str = "bn"
     target_bn: str = "bn"

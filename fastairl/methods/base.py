@@ -18,6 +18,12 @@ from ..models.norm import convert_bn
 from ..models.resnet import ARCHS, build_encoder
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in at least fp32: half-precision activations from autocast are upcast,
+    fp32/fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def cosine_momentum(base: float, step: int, total: int) -> float:
     """m = 1 - (1 - base) * (cos(pi k / K) + 1) / 2: base at k=0, 1 at k=K."""
     if total <= 0:
@@ -67,7 +73,8 @@ class SiameseMethod(nn.Module):
                                    predictor=cfg.predictor, last_bias=cfg.last_bias)
         online = build_encoder(cfg.arch, head)
         target = copy.deepcopy(online)
-        target.fc = nn.Sequential(*list(target.fc.children())[:n_proj])
+        if not cfg.target_predictor:
+            target.fc = nn.Sequential(*list(target.fc.children())[:n_proj])
         self.online_encoder = convert_bn(online, cfg.online_bn, device)
         self.target_encoder = convert_bn(target, cfg.target_bn, device)
         for p in self.target_encoder.parameters():

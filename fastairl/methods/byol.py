@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import SiameseMethod
+from .base import SiameseMethod, upcast
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    p = F.normalize(p.float(), dim=1)
-    z = F.normalize(z.float(), dim=1)
+    p = F.normalize(upcast(p), dim=1)
+    z = F.normalize(upcast(z), dim=1)
     return (2.0 - 2.0 * (p * z).sum(1)).mean()
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed as fdist
-from .base import SiameseMethod
+from .base import SiameseMethod, upcast
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
@@ -82,19 +82,19 @@ class MoCo(SiameseMethod):
             k = unshuffle_batch(k, perm)
         else:
             k = self.target_encoder(x)
-        return F.normalize(k.float(), dim=1)
+        return F.normalize(upcast(k), dim=1)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None):
         x1, x2 = views[0], views[1]
         q1, feat1 = self.online_encoder(x1, return_features=True)
-        q1 = F.normalize(q1.float(), dim=1)
+        q1 = F.normalize(upcast(q1), dim=1)
         queue = self.queue.clone().detach()
         if not self.symmetric:
             k2 = self._keys(x2)
             loss, logits = info_nce(q1, k2, queue, self.temperature)
             self._pending_keys = k2
         else:
-            q2 = F.normalize(self.online_encoder(x2).float(), dim=1)
+            q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
             k1, k2 = self._keys(x1), self._keys(x2)
             loss1, logits = info_nce(q1, k2, queue, self.temperature)
             loss2, _ = info_nce(q2, k1, queue, self.temperature)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..models.norm import convert_bn
 from ..models.resnet import build_encoder
+from .base import upcast
 
 
 def topk_acc(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[float]:
@@ -30,7 +31,7 @@ class Supervised(nn.Module):
 
     def forward(self, views, labels):
         logits = self.encoder(views[0])
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(upcast(logits), labels)
         acc1, acc5 = topk_acc(logits.detach(), labels)
         return loss, {"acc1": acc1, "acc5": acc5}, None
 

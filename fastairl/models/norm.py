@@ -25,6 +25,23 @@ BN_KINDS = ("bn", "syncbn", "plainsync")
 _warned_cpu_syncbn = False
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks: every rank's loss depends
+    on every rank's statistics, so each rank's share of the gradient is the sum of all."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
 class PlainSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics span every rank of the default process group."""
 
@@ -36,13 +53,11 @@ class PlainSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if not self.training or world == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0] + list(range(2, x.dim()))
-        xf = x.float()
-        count = torch.tensor([xf.numel() / xf.shape[1]], device=x.device, dtype=torch.float32)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in >= fp32
+        count = torch.tensor([xf.numel() / xf.shape[1]], device=x.device, dtype=xf.dtype)
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        stats = all_reduce(stats)  # differentiable: backward all-reduces the gradient
+        stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
