@@ -1,0 +1,451 @@
+"""Weighted k-nearest-neighbour evaluation of a frozen backbone.
+
+Why kNN next to the linear protocol: it needs no training, so it is a cheap, optimizer-free
+read-out of representation quality that can run during pre-training (``knn_every``) and on
+any checkpoint in minutes. The rule is the one most self-supervised papers use:
+
+* features: the global-average-pooled last stage of the backbone (``Encoder.features``),
+  L2-normalised, from the eval transform (short side resized to 256/224 of the crop size,
+  centre crop);
+* bank: every image of the ``train`` split; queries: every image of the ``val`` split;
+* for a query, take the ``k`` (200) most cosine-similar bank entries, weight each by
+  ``exp(sim / T)`` (T = 0.07), sum the weights per class; the class ranking gives top-1/5.
+
+Under torchrun every rank extracts features of its own shard, then the shards are
+all-gathered. The eval samplers pad the last shard with copies from the start of the split
+(so that every rank sees the same number of batches); those copies are dropped by the
+dataset index each sample carries, so the bank and the query set are exactly the split,
+each image once. Each rank then scores its own slice of the queries and the hit counts are
+summed, so the similarity work is spread over the ranks too.
+
+Command line (single process or torchrun)::
+
+    python -m fastairl.knn --ckpt outputs/moco_v2p/last.pth --data /data/in1k
+    python -m fastairl.knn --random-init --arch resnet18 --data demo     # baseline
+
+The architecture is read from the checkpoint (see :func:`load_encoder`): the number of
+blocks in each of the four stages (``layerN.<i>.`` keys) and whether the blocks have a
+third convolution (``layer1.0.conv3`` = bottleneck) identify resnet18 (2-2-2-2 basic),
+resnet34 (3-4-6-3 basic), resnet50 (3-4-6-3 bottleneck) and resnet101 (3-4-23-3
+bottleneck).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.nn.functional as F
+
+from fastairl import distributed as fdist
+from fastairl.data.recipes import MEAN, STD
+from fastairl.models.resnet import ARCHS, Encoder
+
+log = logging.getLogger("fastairl")
+
+#: Largest similarity block (queries x bank entries) computed at once. 2**27 fp32 values are
+#: 512 MiB: an ImageNet bank (1.28 M) is scored about 100 queries at a time, which keeps the
+#: peak memory far below the bank itself while each matmul is still large.
+SIM_BLOCK_ELEMENTS = 1 << 27
+
+#: Encoder names accepted by the CLIs (``auto``: online if present, else supervised, else target).
+ENCODER_CHOICES = ("auto", "online", "target", "supervised")
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+# --------------------------------------------------------------------------- the rule
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, query_feats: torch.Tensor,
+                num_classes: int, k: int = 200, t: float = 0.07, *, normalized: bool = False,
+                chunk_size: int | None = None) -> torch.Tensor:
+    """Class scores ``(Q, num_classes)`` of the weighted kNN vote for each query.
+
+    Score of class c for query q = sum over the ``k`` bank entries most cosine-similar to q
+    that have label c of ``exp(sim / t)``. Features need not be normalised (they are,
+    unless ``normalized=True`` says the caller already did it, which saves a copy of a
+    large bank). ``k`` larger than the bank is clamped to the bank size. Queries are scored
+    in chunks of ``chunk_size`` (default: as many as keep one similarity block within
+    :data:`SIM_BLOCK_ELEMENTS`), so a bank of any size fits as long as the bank itself does.
+    The similarity matmul runs in the bank's dtype (fp16 banks on GPU), the vote in fp32.
+    """
+    if train_feats.dim() != 2 or query_feats.dim() != 2:
+        raise ValueError(f"knn_predict: features must be 2-D (N, D); got bank {tuple(train_feats.shape)}, "
+                         f"queries {tuple(query_feats.shape)}")
+    if train_feats.shape[1] != query_feats.shape[1]:
+        raise ValueError(f"knn_predict: bank dim {train_feats.shape[1]} != query dim {query_feats.shape[1]}")
+    if train_labels.shape != (train_feats.shape[0],):
+        raise ValueError(f"knn_predict: {tuple(train_labels.shape)} labels for {train_feats.shape[0]} bank entries")
+    if train_feats.shape[0] == 0:
+        raise ValueError("knn_predict: the feature bank is empty")
+    if k < 1 or t <= 0 or num_classes < 1:
+        raise ValueError(f"knn_predict: need k >= 1, t > 0, num_classes >= 1 (got k={k}, t={t}, "
+                         f"num_classes={num_classes})")
+    if int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes:
+        raise ValueError(f"knn_predict: bank labels must lie in [0, {num_classes})")
+    bank = train_feats if normalized else F.normalize(train_feats, dim=1)
+    queries = query_feats.to(device=bank.device, dtype=bank.dtype)
+    if not normalized:
+        queries = F.normalize(queries, dim=1)
+    labels = train_labels.to(bank.device)
+    n_bank, n_query = bank.shape[0], queries.shape[0]
+    k = min(k, n_bank)
+    if chunk_size is None:
+        chunk_size = max(1, SIM_BLOCK_ELEMENTS // n_bank)
+    scores = torch.zeros(n_query, num_classes, dtype=torch.float32, device=bank.device)
+    for s in range(0, n_query, chunk_size):
+        sim = queries[s:s + chunk_size] @ bank.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim.float() / t).exp()
+        scores[s:s + chunk_size].scatter_add_(1, labels[top_idx], weights)
+    return scores
+
+
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[torch.Tensor]:
+    """Per-sample bool hits for each k (k clamped to the number of classes)."""
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices
+    hit = top == labels.to(top.device)[:, None]
+    return [hit[:, :min(k, kmax)].any(1) for k in ks]
+
+
+# --------------------------------------------------------------------------- features
+def normalize_uint8(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` eval crops -> normalised float32, the eval transform's last
+    two steps (ToTensor + Normalize) for backends that hand over raw crops."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    y = (x.float() / 255.0 - mean) / std
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def _uses_channels_last(module: torch.nn.Module) -> bool:
+    w = getattr(module, "conv1", None)
+    w = getattr(w, "weight", None)
+    return (w is not None and w.dim() == 4 and not w.is_contiguous()
+            and w.is_contiguous(memory_format=torch.channels_last))
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def shard_indices(loader, rank: int, world: int) -> tuple[list[int] | None, int | None]:
+    """Dataset indices of the samples this rank's eval loader yields, in order, and the
+    split size; ``(None, None)`` when the backend does not say.
+
+    The folder backend exposes its sampler; any other backend is assumed to follow torch's
+    ``DistributedSampler`` rule for eval (unshuffled, rank-strided, the tail padded with the
+    first indices), which is what ffcv does, given that it reports the split size.
+    """
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None and hasattr(sampler, "indices") and hasattr(sampler, "n"):
+        return list(sampler.indices()), int(sampler.n)
+    n = None
+    for attr in ("num_samples", "dataset_size"):
+        if isinstance(getattr(loader, attr, None), int):
+            n = int(getattr(loader, attr))
+    if n is None and hasattr(loader, "dataset"):
+        with contextlib.suppress(TypeError):
+            n = len(loader.dataset)
+    if n is None:
+        return None, None
+    per_rank = math.ceil(n / world)
+    order = list(range(n))
+    order += order[: per_rank * world - n]
+    return order[rank::world], n
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
+                     store_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's L2-normalised pooled features, labels and dataset indices.
+
+    ``encoder`` must already be in eval mode. uint8 views (ffcv-like backends) get only the
+    normalisation here: the eval transform has no random op.
+    """
+    rank, world = fdist.rank(), fdist.world_size()
+    idx_list, _ = shard_indices(loader, rank, world)
+    cl = _uses_channels_last(encoder)
+    feats, labels = [], []
+    for views, y in loader:
+        x = views[0]
+        if getattr(loader, "output", "normalized") == "uint8":
+            x = normalize_uint8(x, channels_last=cl)
+        elif cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp_dtype):
+            f = encoder.features(x)
+        feats.append(F.normalize(f.float(), dim=1).to(store_dtype))
+        labels.append(y.to(device=f.device, dtype=torch.int64))
+    dim = getattr(encoder, "feat_dim", 0)
+    feats_t = torch.cat(feats) if feats else torch.zeros(0, dim, device=device, dtype=store_dtype)
+    labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=device)
+    if idx_list is not None and len(idx_list) != feats_t.shape[0]:
+        _warn_once("idx-mismatch", "kNN: the loader yielded %d samples but its sampler lists %d; padded "
+                   "duplicates cannot be told apart and are kept", feats_t.shape[0], len(idx_list))
+        idx_list = None
+    if idx_list is None:
+        if world > 1:
+            _warn_once("no-idx", "kNN: this loader does not report sample indices; the few padded "
+                       "duplicates of the last shard are kept in the bank and the queries")
+        # unique pseudo-indices: rank-strided positions, so nothing is dropped
+        idx = torch.arange(feats_t.shape[0], device=feats_t.device) * world + rank
+    else:
+        idx = torch.tensor(idx_list, dtype=torch.int64, device=feats_t.device)
+    return feats_t, labels_t, idx
+
+
+def gather_varsize(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, shards of any size (rank order)."""
+    world = fdist.world_size()
+    if world == 1:
+        return x
+    import torch.distributed as dist
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s.item()) for s in sizes]
+    m = max(sizes_i)
+    if x.shape[0] < m:
+        x = torch.cat([x, x.new_zeros((m - x.shape[0],) + tuple(x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes_i)])
+
+
+def gather_unique(idx: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All-gather per-rank ``tensors`` keyed by dataset index ``idx``; keep each index once,
+    sorted by index. Returns ``(idx, *tensors)``."""
+    all_idx = gather_varsize(idx)
+    gathered = [gather_varsize(t) for t in tensors]
+    order = torch.argsort(all_idx, stable=True)
+    sorted_idx = all_idx[order]
+    keep = torch.ones_like(sorted_idx, dtype=torch.bool)
+    keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    sel = order[keep]
+    return (all_idx[sel], *[g[sel] for g in gathered])
+
+
+# --------------------------------------------------------------------------- evaluation
+def _eval_loader(loader_name: str, root: Path, split: str, image_size: int, batch_size: int,
+                 device: torch.device, workers: int):
+    from fastairl.data import build_loader
+    from fastairl.data.base import LoaderSpec
+    spec = LoaderSpec(root=str(root), split=split, recipe="eval", image_size=image_size, batch_size=batch_size,
+                      rank=fdist.rank(), world_size=fdist.world_size(), device=str(device), workers=workers,
+                      seed=0, train=False)
+    try:
+        loader = build_loader(loader_name, spec)
+    except ImportError as e:
+        raise ValueError(f"--loader {loader_name}: the backend cannot be imported ({e}); use --loader folder") from None
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    return loader
+
+
+def knn_eval_encoder(encoder: Encoder, data_root, image_size: int, batch_size: int, device, workers: int = 2,
+                     amp_dtype: torch.dtype | None = None, *, k: int = 200, t: float = 0.07,
+                     loader: str = "auto") -> dict[str, float]:
+    """kNN top-1/top-5 (percent) of ``encoder``'s pooled features: train split as the bank,
+    val split as the queries.
+
+    ``batch_size`` is per process. Uses the default process group when one is initialised
+    (every rank must call this). The encoder's train/eval flags are restored afterwards, so
+    the trainer can call it between epochs.
+    """
+    from fastairl.data import choose_loader
+    device = torch.device(device)
+    root = Path(data_root)
+    name = choose_loader(loader, root, device.type)
+    bank_loader = _eval_loader(name, root, "train", image_size, batch_size, device, workers)
+    query_loader = _eval_loader(name, root, "val", image_size, batch_size, device, workers)
+    if bank_loader.num_classes != query_loader.num_classes:
+        raise ValueError(f"{root}: train has {bank_loader.num_classes} classes but val has "
+                         f"{query_loader.num_classes}; both splits need the same class folders")
+    num_classes = bank_loader.num_classes
+    # fp16 bank on GPU halves its memory (ImageNet x 2048: 5 GB instead of 10); cosine
+    # similarities in fp16 are good to ~1e-3, far below the gaps kNN ranks on.
+    store = torch.float16 if device.type == "cuda" else torch.float32
+    modes = {m: m.training for m in encoder.modules()}
+    encoder.eval()
+    try:
+        bank, bank_y, bank_idx = extract_features(encoder, bank_loader, device, amp_dtype, store)
+        query, query_y, query_idx = extract_features(encoder, query_loader, device, amp_dtype, store)
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+    _, bank, bank_y = gather_unique(bank_idx, bank, bank_y)
+    _, query, query_y = gather_unique(query_idx, query, query_y)
+    rank, world = fdist.rank(), fdist.world_size()
+    mine, mine_y = query[rank::world], query_y[rank::world]
+    counts = torch.zeros(3, dtype=torch.float64, device=bank.device)
+    if mine.shape[0]:
+        scores = knn_predict(bank, bank_y, mine, num_classes, k=k, t=t, normalized=True)
+        h1, h5 = topk_hits(scores, mine_y)
+        counts += torch.stack([h1.sum(), h5.sum(), torch.tensor(mine.shape[0], device=h1.device)]).double()
+    if world > 1:
+        import torch.distributed as dist
+        counts = counts.float()  # gloo all_reduce has no float64 on every build; counts are < 2**24
+        dist.all_reduce(counts)
+    total = float(counts[2])
+    if total == 0:
+        raise ValueError(f"{root}/val: no query images")
+    log.info("kNN: bank %d train images, %d val queries, %d classes, k=%d, T=%g",
+             bank.shape[0], int(total), num_classes, min(k, bank.shape[0]), t)
+    return {"acc1": float(counts[0]) / total * 100.0, "acc5": float(counts[1]) / total * 100.0}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def resolve_encoder_name(state: dict, encoder: str) -> str:
+    """``auto`` -> the concrete encoder ``extract_backbone`` will pick (for names, logs)."""
+    from fastairl.backbone_io import available_encoders
+    if encoder != "auto":
+        return encoder
+    have = available_encoders(state)
+    for cand in ("online", "supervised", "target"):
+        if cand in have:
+            return cand
+    return "online"
+
+
+def load_encoder(ckpt: str | None, encoder: str = "auto", arch: str = "auto", random_init: bool = False,
+                 seed: int = 0) -> tuple[Encoder, dict]:
+    """A backbone-only :class:`Encoder` (``fc`` = identity) and a description of it.
+
+    From a checkpoint: any layout :mod:`fastairl.backbone_io` reads (fastairl/reference
+    pre-training, supervised, bare state dicts), the chosen encoder, heads dropped. The
+    architecture is detected from the block structure (:func:`fastairl.backbone_io.detect_arch`)
+    unless ``arch`` names it, and a named arch that contradicts the weights is refused.
+    ``random_init=True`` builds an untrained ``arch`` (seeded) as a chance-level baseline.
+    Raises ``ValueError`` (one-line messages) for anything the user can fix.
+    """
+    from fastairl.backbone_io import detect_arch, extract_backbone, load_checkpoint, model_state
+    if encoder not in ENCODER_CHOICES:
+        raise ValueError(f"--encoder {encoder}: choose one of {', '.join(ENCODER_CHOICES)}")
+    if arch != "auto" and arch not in ARCHS:
+        raise ValueError(f"--arch {arch}: choose auto or one of {', '.join(ARCHS)}")
+    if random_init:
+        if ckpt:
+            raise ValueError("--random-init and --ckpt exclude each other (the baseline has no checkpoint)")
+        if arch == "auto":
+            raise ValueError("--random-init needs an explicit --arch (e.g. --arch resnet18)")
+        torch.manual_seed(seed)
+        enc = Encoder(arch)
+        return enc, {"ckpt": None, "encoder": "random", "arch": arch}
+    if not ckpt:
+        raise ValueError("--ckpt is required (or --random-init --arch NAME for a random baseline)")
+    state = model_state(load_checkpoint(ckpt))
+    backbone = extract_backbone(state, encoder)
+    name = resolve_encoder_name(state, encoder)
+    found = detect_arch(backbone)
+    if found not in ARCHS:
+        raise ValueError(f"{ckpt}: the {name} backbone is a {found}, which fastairl does not build "
+                         f"(supported: {', '.join(ARCHS)})")
+    if arch != "auto" and arch != found:
+        raise ValueError(f"--arch {arch}: the {name} encoder of {ckpt} is a {found} (by its block "
+                         f"structure); drop --arch or pass --arch {found}")
+    enc = Encoder(found)
+    expected = enc.state_dict()
+    missing = [k for k in expected if k not in backbone and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in backbone if k not in expected]
+    bad = [k for k in expected if k in backbone and tuple(backbone[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                else f"{bad[0]} has shape {tuple(backbone[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+        raise ValueError(f"{ckpt}: the {name} backbone does not fit a torchvision {found} ({what})")
+    enc.load_state_dict(backbone, strict=False)
+    return enc, {"ckpt": str(ckpt), "encoder": name, "arch": found}
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastairl.knn",
+                                description="Weighted kNN evaluation (k=200, T=0.07) of a checkpoint's backbone; "
+                                            "single process or torchrun.")
+    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
+    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
+    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES,
+                   help="which encoder of the checkpoint (auto: online if present, else supervised, else target)")
+    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
+                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
+    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
+    p.add_argument("--image-size", type=int, default=224, help="centre-crop size (resize to 256/224 of it first)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size for feature extraction")
+    p.add_argument("--k", type=int, default=200, help="neighbours per query")
+    p.add_argument("--t", type=float, default=0.07, help="temperature of the exp(sim / T) weights")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="autocast for feature extraction (default: bf16 on GPUs that support it, off on CPU)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--loader", default="auto", choices=["auto", "folder", "ffcv"], help="data backend")
+    p.add_argument("--workers", type=int, default=4, help="loader worker processes per process")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fastairl.backbone_io import CheckpointError
+    from fastairl.data import resolve_data
+    from fastairl.engine import UserError, resolve_amp, resolve_device
+    from fastairl.logging_utils import setup_console
+
+    setup_console(int(os.environ.get("RANK", "0")))
+    try:
+        for flag, v in (("--image-size", args.image_size), ("--batch-size", args.batch_size), ("--k", args.k)):
+            if v <= 0:
+                raise UserError(f"{flag} {v}: must be > 0")
+        if args.image_size < 32:
+            raise UserError(f"--image-size {args.image_size}: too small for a ResNet (use >= 32)")
+        if args.t <= 0:
+            raise UserError(f"--t {args.t}: the temperature must be > 0")
+        if args.workers < 0:
+            raise UserError(f"--workers {args.workers}: must be >= 0")
+        device = resolve_device(args.device)
+        info = fdist.init(device.type)
+        if device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        amp_dtype = resolve_amp(args.amp, device)
+        if args.batch_size % info.world_size:
+            raise UserError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
+        root = resolve_data(args.data)
+        enc, desc = load_encoder(args.ckpt, args.encoder, args.arch, args.random_init, args.seed)
+        enc = enc.to(device)
+        if args.channels_last:
+            enc = enc.to(memory_format=torch.channels_last)
+        if info.is_main:
+            log.info("kNN of %s (%s encoder, %s) on %s, %d process(es) on %s", desc["ckpt"] or "random init",
+                     desc["encoder"], desc["arch"], root, info.world_size, device)
+        res = knn_eval_encoder(enc, root, args.image_size, args.batch_size // info.world_size, device,
+                               workers=args.workers, amp_dtype=amp_dtype, k=args.k, t=args.t, loader=args.loader)
+        if info.is_main:
+            print(f"kNN (k={args.k}, T={args.t:g}) {desc['arch']} {desc['encoder']}: "
+                  f"top-1 {res['acc1']:.2f} top-5 {res['acc5']:.2f}", flush=True)
+        return 0
+    except (CheckpointError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"fastairl: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        fdist.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,660 @@
+"""Linear evaluation of a frozen backbone: the reference's protocol, run fast.
+
+The protocol (REFERENCE.md, "Linear evaluation"), kept as is:
+
+* the backbone of the chosen encoder (online by default; target or a supervised network
+  on request) is frozen *and in eval mode*, so its BN layers use their running statistics
+  and nothing of it changes; the feature is the global-average-pooled last stage (2048-d
+  for ResNet-50/101, 512-d for ResNet-18/34);
+* the classifier is ``Linear(feat, classes)``, optionally after an affine-free
+  ``BatchNorm1d`` (``--bn``), trained with cross-entropy on augmented images (recipe
+  ``supervised``: random-resized crop 0.08-1 + flip) and validated on the eval transform
+  (resize to 256/224 of the crop, centre crop);
+* default: SGD lr 30 x batch/256, momentum 0.9, wd 0, batch 256, 100 epochs, x0.1 at
+  epochs 60 and 80, validate every 20 epochs, report the best top-1 (and its top-5);
+* ``--large-norm-config`` (for LARS-trained models, whose features have a different
+  scale): lr 0.2 x batch/256, batch 1024, 80 epochs, Nesterov, cosine per iteration.
+
+What fastairl adds around it, none of which changes the protocol's numbers: torchrun DDP
+(the classifier in DDP, each rank its own shard), AMP and channels_last for the backbone's
+forward (which runs under ``torch.no_grad``; the classifier itself trains in fp32, so no
+gradient scaler is ever needed, even with ``--amp fp16``), any loader backend (uint8 crops
+from ffcv go through the batched augmentation on the device), exact validation under DDP
+(padded duplicates of the eval sampler are dropped by dataset index), atomic checkpoints
+with mid-epoch ``--resume``, TensorBoard + ``log.jsonl``, and a bit-for-bit check that
+the backbone (every parameter and BN buffer) is unchanged after training: if anything
+moved, the run fails naming the tensor, because a "linear" number from a backbone that
+drifted would be a fine-tuning number in disguise.
+
+There is no precomputed-features mode: the reference trains on freshly augmented crops
+every epoch, which a feature cache cannot reproduce.
+
+    python -m fastairl.linear_eval --ckpt outputs/moco_v2p/last.pth --data /data/in1k
+    torchrun --nproc_per_node 8 -m fastairl.linear_eval --ckpt byol_lars.pth --large-norm-config
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastairl import distributed as fdist
+from fastairl.knn import (ENCODER_CHOICES, gather_unique, load_encoder, normalize_uint8, shard_indices,
+                          topk_hits)
+from fastairl.models.resnet import ARCHS
+
+log = logging.getLogger("fastairl")
+
+#: The two settings of the reference. ``lr`` is per 256 images of global batch.
+PRESETS: dict[str, dict] = {
+    "default": {"lr": 30.0, "batch_size": 256, "epochs": 100, "momentum": 0.9, "weight_decay": 0.0,
+                "nesterov": False, "schedule": "multistep", "milestones": (60, 80)},
+    "large_norm": {"lr": 0.2, "batch_size": 1024, "epochs": 80, "momentum": 0.9, "weight_decay": 0.0,
+                   "nesterov": True, "schedule": "cosine", "milestones": ()},
+}
+EVAL_EVERY = 20
+CKPT_KIND = "fastairl_linear_eval"
+EXIT_USER, EXIT_BACKBONE_CHANGED = 2, 4
+
+#: Checkpoint stems too generic to name a run by themselves; the parent folder is prepended.
+_GENERIC_STEMS = {"last", "best", "checkpoint", "model", "final"}
+
+
+class BackboneChangedError(RuntimeError):
+    """The frozen backbone differs from what was loaded: the evaluation is invalid."""
+
+
+# --------------------------------------------------------------------------- frozen check
+def tensor_fingerprint(module: nn.Module) -> dict[str, str]:
+    """SHA-256 of every parameter and buffer of ``module`` (its ``state_dict``), by name.
+
+    Hashes the raw bytes together with dtype and shape, of a contiguous CPU copy, so the
+    memory format (channels_last) and the device do not matter but any changed bit does.
+    """
+    out = {}
+    for name, t in module.state_dict().items():
+        h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+        out[name] = h.hexdigest()
+    return out
+
+
+def changed_tensors(reference: dict[str, str], module: nn.Module) -> list[str]:
+    """Names whose bytes differ from ``reference`` (or that appeared / disappeared)."""
+    now = tensor_fingerprint(module)
+    names = sorted(set(reference) | set(now))
+    return [n for n in names if reference.get(n) != now.get(n)]
+
+
+def check_frozen(reference: dict[str, str], module: nn.Module) -> None:
+    """Raise :class:`BackboneChangedError` naming the first changed tensor, if any changed.
+
+    Collective under DDP: every rank checks its own copy and all ranks raise together,
+    so no rank is left waiting in a collective.
+    """
+    bad = changed_tensors(reference, module)
+    if fdist.world_size() > 1:
+        import torch.distributed as dist
+        per_rank: list = [None] * fdist.world_size()
+        dist.all_gather_object(per_rank, bad)
+        for r, b in enumerate(per_rank):
+            if b:
+                bad, rank = b, r
+                break
+        else:
+            rank = None
+    else:
+        rank = 0 if bad else None
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        where = f" on rank {rank}" if fdist.world_size() > 1 else ""
+        raise BackboneChangedError(f"the frozen backbone changed during linear evaluation: tensor "
+                                   f"'{bad[0]}'{more} differs bit-for-bit from the loaded weights{where}; "
+                                   f"the result is not a linear-evaluation result")
+
+
+# --------------------------------------------------------------------------- classifier
+class LinearClassifier(nn.Module):
+    """[affine-free BatchNorm1d] -> Linear, initialised N(0, 0.01) / 0 as in the reference's
+    linear protocol (small weights: the lr of 30 would blow up a default-initialised layer)."""
+
+    def __init__(self, feat_dim: int, num_classes: int, bn: bool = False):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(feat_dim, affine=False) if bn else None
+        self.linear = nn.Linear(feat_dim, num_classes)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            f = self.bn(f)
+        return self.linear(f)
+
+
+def lr_for(schedule: str, base_lr: float, epoch: int, step: int, total_steps: int,
+           milestones: tuple[int, ...]) -> float:
+    """``multistep``: x0.1 at each milestone epoch (constant within an epoch, as the
+    reference's per-epoch scheduler); ``cosine``: per iteration from ``base_lr`` to 0."""
+    from fastairl.optim.schedules import lr_at
+    if schedule == "cosine":
+        return lr_at("cosine", step, total_steps, base_lr)
+    return base_lr * 0.1 ** sum(1 for m in milestones if epoch >= m)
+
+
+def default_run_name(ckpt: str | None, encoder: str, arch: str) -> str:
+    """``<ckpt-stem>-<encoder>``; generic stems (``last.pth``) get their folder's name in front."""
+    if ckpt is None:
+        return f"random-{arch}"
+    p = Path(ckpt)
+    stem = p.stem
+    if stem.lower() in _GENERIC_STEMS and p.resolve().parent.name:
+        stem = f"{p.resolve().parent.name}-{stem}"
+    return f"{stem}-{encoder}"
+
+
+# --------------------------------------------------------------------------- runner
+@dataclass
+class Settings:
+    lr: float
+    batch_size: int
+    epochs: int
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+    milestones: tuple[int, ...]
+    eval_every: int
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """The preset, then any explicitly given flag on top of it."""
+    from fastairl.engine import UserError
+    pre = dict(PRESETS["large_norm" if args.large_norm_config else "default"])
+    for key in ("lr", "batch_size", "epochs", "weight_decay"):
+        v = getattr(args, key)
+        if v is not None:
+            pre[key] = v
+    if args.milestones is not None:
+        if pre["schedule"] != "multistep":
+            raise UserError("--milestones: the --large-norm-config schedule is cosine and has no milestones")
+        try:
+            pre["milestones"] = tuple(int(s) for s in args.milestones.split(",") if s.strip())
+        except ValueError:
+            raise UserError(f"--milestones {args.milestones}: expected comma-separated epochs, e.g. 60,80") from None
+    s = Settings(eval_every=args.eval_every, **pre)
+    for flag, v in (("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", args.image_size)):
+        if v <= 0:
+            raise UserError(f"{flag} {v}: must be > 0")
+    if args.image_size < 32:
+        raise UserError(f"--image-size {args.image_size}: too small for a ResNet (use >= 32)")
+    if s.lr <= 0:
+        raise UserError(f"--lr {s.lr}: must be > 0")
+    if s.weight_decay < 0:
+        raise UserError(f"--weight-decay {s.weight_decay}: must be >= 0")
+    if s.eval_every < 0:
+        raise UserError(f"--eval-every {s.eval_every}: must be >= 0 (0: only at the end)")
+    if args.max_steps is not None and args.max_steps <= 0:
+        raise UserError(f"--max-steps {args.max_steps}: must be > 0")
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be >= 0")
+    return s
+
+
+class LinearEval:
+    """One linear-evaluation run (one process per device, or one plain process)."""
+
+    def __init__(self, args: argparse.Namespace):
+        from fastairl.engine import resolve_amp, resolve_device
+        self.args = args
+        self.s = resolve_settings(args)
+        self.device = resolve_device(args.device)
+        self.dist = fdist.init(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.is_main = self.dist.is_main
+        self.amp_dtype = resolve_amp(args.amp, self.device)
+        self.stop_requested = False
+        self.logger = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from fastairl.data import build_loader, choose_loader, resolve_data
+        from fastairl.data.base import LoaderSpec
+        from fastairl.engine import UserError
+        a, s, d = self.args, self.s, self.dist
+        if s.batch_size % d.world_size:
+            raise UserError(f"--batch-size {s.batch_size} is not divisible by the {d.world_size} processes")
+        self.local_batch = s.batch_size // d.world_size
+        self.data_root = resolve_data(a.data)
+
+        backbone, self.desc = load_encoder(a.ckpt, a.encoder, a.arch, a.random_init, a.seed)
+        self.fingerprint = tensor_fingerprint(backbone)
+        backbone.requires_grad_(False)
+        backbone = backbone.to(self.device)
+        if a.channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
+        backbone.eval()
+        self.backbone = backbone
+
+        name = a.name or default_run_name(a.ckpt, self.desc["encoder"], self.desc["arch"])
+        self.run_dir = Path(a.output_dir) / name
+        self._prepare_run_dir()
+
+        self.loader_name = choose_loader(a.loader, self.data_root, self.device.type)
+
+        def make(split: str, train: bool):
+            spec = LoaderSpec(root=str(self.data_root), split=split, recipe="supervised" if train else "eval",
+                              image_size=a.image_size, batch_size=self.local_batch, rank=d.rank,
+                              world_size=d.world_size, device=str(self.device), workers=a.workers,
+                              seed=a.seed, train=train)
+            try:
+                return build_loader(self.loader_name, spec)
+            except ImportError as e:
+                raise UserError(f"--loader {self.loader_name}: the backend cannot be imported ({e}); "
+                                f"use --loader folder") from None
+
+        self.train_loader = make("train", True)
+        self.val_loader = make("val", False)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"--data {a.data}: fewer training images than one global batch of {s.batch_size}")
+        if self.train_loader.num_classes != self.val_loader.num_classes:
+            raise UserError(f"{self.data_root}: train has {self.train_loader.num_classes} classes but val has "
+                            f"{self.val_loader.num_classes}; both splits need the same class folders")
+        self.num_classes = self.train_loader.num_classes
+        self.total_steps = s.epochs * self.steps_per_epoch
+
+        self.augment = None
+        if self.train_loader.output == "uint8":
+            from fastairl.data.augment import GPUAugment
+            from fastairl.data.recipes import get_recipe
+            self.augment = GPUAugment(get_recipe("supervised"), out_dtype=torch.float32,
+                                      channels_last=a.channels_last, flip_done=self.train_loader.flipped)
+
+        torch.manual_seed(a.seed)  # the same classifier initialisation on every rank
+        self.head = LinearClassifier(backbone.feat_dim, self.num_classes, bn=a.bn).to(self.device)
+        self.base_lr = s.lr * s.batch_size / 256.0
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=self.base_lr, momentum=s.momentum,
+                                         weight_decay=s.weight_decay, nesterov=s.nesterov)
+        self.ddp_head = self.head
+        if d.distributed:
+            kw = dict(device_ids=[self.device.index]) if self.device.type == "cuda" else {}
+            self.ddp_head = nn.parallel.DistributedDataParallel(self.head, **kw)
+
+        self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
+        self.best = {"acc1": -1.0, "acc5": -1.0, "epoch": 0}
+        self.last_val: dict | None = None
+        self._pos = (0, 0)  # (epoch, batch) of the newest checkpoint
+        if a.resume:
+            self._resume(a.resume)
+        from fastairl.logging_utils import RunLogger
+        self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.global_step or None)
+        if self.is_main:
+            (self.run_dir / "args.json").write_text(json.dumps(
+                {**vars(a), "resolved": {**vars(s), "milestones": list(s.milestones)}, "backbone": self.desc},
+                indent=2, sort_keys=True, default=str))
+            amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+            log.info("linear eval of %s (%s encoder, %s, %d-d features%s) on %s: %d process(es) on %s, amp=%s, "
+                     "loader=%s", self.desc["ckpt"] or "random init", self.desc["encoder"], self.desc["arch"],
+                     backbone.feat_dim, ", BN" if a.bn else "", self.data_root, d.world_size, self.device, amp,
+                     self.loader_name)
+            log.info("global batch %d, %d steps/epoch, %d epochs, lr %.4g (%s%s), run folder %s", s.batch_size,
+                     self.steps_per_epoch, s.epochs, self.base_lr, s.schedule,
+                     f" x0.1 at epochs {list(s.milestones)}" if s.schedule == "multistep" else "", self.run_dir)
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0 decides (never replacing a run without --overwrite); all ranks learn it."""
+        from fastairl.engine import UserError
+        err = None
+        if self.is_main:
+            rd = self.run_dir
+            exists = rd.exists() and any(rd.iterdir())
+            if rd.exists() and not rd.is_dir():
+                err = f"output path {rd} is a file; choose another --output-dir or --name"
+            elif exists and not (self.args.resume or self.args.overwrite):
+                err = (f"output folder {rd} already holds a run; pass --resume to continue it or --overwrite "
+                       f"to replace it (or choose another --output-dir / --name)")
+            elif exists and self.args.overwrite and not self.args.resume:
+                shutil.rmtree(rd)
+            if err is None:
+                rd.mkdir(parents=True, exist_ok=True)
+        err = fdist.broadcast_object(err)
+        if err:
+            raise UserError(err)
+
+    def _resume(self, which: str) -> None:
+        from fastairl.engine import UserError
+        path = self.run_dir / "last.pth" if which == "auto" else Path(which)
+        if not path.is_file():
+            raise UserError(f"--resume: checkpoint {path} does not exist"
+                            + (" (no previous run in this folder)" if which == "auto" else ""))
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise UserError(f"--resume: cannot read {path} ({type(e).__name__}); is it a complete checkpoint?") from None
+        if not isinstance(ck, dict) or ck.get("kind") != CKPT_KIND:
+            raise UserError(f"--resume: {path} is not a linear-evaluation checkpoint of fastairl")
+        saved = ck["backbone"]["fingerprint"]
+        if saved != self.fingerprint:
+            diff = sorted(n for n in set(saved) | set(self.fingerprint) if saved.get(n) != self.fingerprint.get(n))
+            raise UserError(f"--resume: {path} was trained on another backbone (tensor '{diff[0]}' differs); "
+                            f"give the same --ckpt/--encoder as the first run ({ck['backbone'].get('ckpt')}, "
+                            f"{ck['backbone'].get('encoder')})")
+        try:
+            self.head.load_state_dict(ck["classifier"])
+        except RuntimeError:
+            raise UserError(f"--resume: the classifier in {path} does not fit this run (was --bn "
+                            f"{'not ' if self.args.bn else ''}given the first time?)") from None
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.start_epoch, self.start_batch = int(ck["epoch"]), int(ck["batch_in_epoch"])
+        self.global_step = int(ck["step"])
+        self.best = dict(ck["best"])
+        self.last_val = ck.get("last_val")
+        self._pos = (self.start_epoch, self.start_batch)
+        if self.start_batch >= self.steps_per_epoch:
+            self.start_epoch, self.start_batch = self.start_epoch + 1, 0
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.start_epoch, self.start_batch,
+                 self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, epoch: int, batch_in_epoch: int, best: bool = False) -> None:
+        """Checks the backbone (all ranks), then rank 0 writes ``last.pth`` (and ``best.pth``)."""
+        check_frozen(self.fingerprint, self.backbone)
+        self._pos = (epoch, batch_in_epoch)
+        if not self.is_main:
+            return
+        from fastairl.checkpoint import atomic_torch_save
+        ck = {
+            "kind": CKPT_KIND,
+            "classifier": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": self.global_step,
+            "epochs_done": epoch + (1 if batch_in_epoch >= self.steps_per_epoch else 0),
+            "best": self.best, "last_val": self.last_val,
+            "num_classes": self.num_classes, "feat_dim": self.backbone.feat_dim, "bn": bool(self.args.bn),
+            "backbone": {**self.desc, "fingerprint": self.fingerprint},
+            "settings": {**vars(self.s), "milestones": list(self.s.milestones)},
+        }
+        atomic_torch_save(ck, self.run_dir / "last.pth")
+        if best:
+            atomic_torch_save(ck, self.run_dir / "best.pth")
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            f = self.backbone.features(x)
+        return f.float()
+
+    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, epoch: int) -> dict:
+        lr = lr_for(self.s.schedule, self.base_lr, epoch, self.global_step, self.total_steps, self.s.milestones)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x = self.augment(views)[0] if self.augment is not None else views[0]
+        f = self._features(x)
+        logits = self.ddp_head(f)
+        loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.global_step}; lower --lr "
+                                     f"(the last good checkpoint {self.run_dir / 'last.pth'} is intact)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        acc1 = topk_hits(logits.detach(), labels, ks=(1,))[0].float().mean() * 100.0
+        return {"loss": loss.detach(), "acc1": acc1, "lr": lr}
+
+    @torch.no_grad()
+    def validate(self, epoch_done: int) -> dict:
+        """Exact top-1/top-5 on the val split (each image once, whatever the world size)."""
+        if self.dist.distributed:
+            # DDP syncs the BN running statistics from rank 0 at the start of each forward, so
+            # after the last step every rank holds its own update; validate (and save) rank 0's.
+            for b in self.head.buffers():
+                fdist.broadcast_(b, 0)
+        self.head.eval()
+        loader = self.val_loader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
+        idx_list, _ = shard_indices(loader, self.dist.rank, self.dist.world_size)
+        hits1, hits5 = [], []
+        for views, labels in loader:
+            x = views[0]
+            if loader.output == "uint8":
+                x = normalize_uint8(x, channels_last=self.args.channels_last)
+            logits = self.head(self._features(x))
+            h1, h5 = topk_hits(logits, labels)
+            hits1.append(h1)
+            hits5.append(h5)
+        self.head.train()
+        h1 = torch.cat(hits1).long() if hits1 else torch.zeros(0, dtype=torch.long, device=self.device)
+        h5 = torch.cat(hits5).long() if hits5 else torch.zeros(0, dtype=torch.long, device=self.device)
+        if idx_list is not None and len(idx_list) == h1.shape[0]:
+            idx = torch.tensor(idx_list, dtype=torch.long, device=h1.device)
+        else:  # no index information: count every sample this rank saw (duplicates included)
+            idx = torch.arange(h1.shape[0], device=h1.device) * self.dist.world_size + self.dist.rank
+        _, h1, h5 = gather_unique(idx, h1, h5)
+        n = h1.shape[0]
+        res = {"acc1": float(h1.float().mean() * 100.0) if n else 0.0,
+               "acc5": float(h5.float().mean() * 100.0) if n else 0.0, "n": n, "epoch": epoch_done}
+        self.last_val = res
+        improved = res["acc1"] > self.best["acc1"]
+        if improved:
+            self.best = {"acc1": res["acc1"], "acc5": res["acc5"], "epoch": epoch_done}
+        rec = {"epoch": epoch_done, "step": self.global_step, "acc1": res["acc1"], "acc5": res["acc5"],
+               "images": n, "best_acc1": self.best["acc1"], "best_acc5": self.best["acc5"]}
+        self.logger.log(rec, self.global_step, prefix="val")
+        if self.is_main:
+            log.info("epoch %g: val top-1 %.2f top-5 %.2f (%d images); best top-1 %.2f at epoch %g", epoch_done,
+                     res["acc1"], res["acc5"], n, self.best["acc1"], self.best["epoch"])
+        res["improved"] = improved
+        return res
+
+    def fit(self) -> dict:
+        s, a = self.s, self.args
+        max_steps = a.max_steps
+        steps_this_run = 0
+        bar = None
+        if self.is_main and a.progress:
+            from tqdm import tqdm
+            total = self.total_steps - self.global_step
+            if max_steps is not None:
+                total = min(total, max_steps)
+            bar = tqdm(total=max(total, 0), dynamic_ncols=True, desc=self.run_dir.name, unit="step",
+                       mininterval=1.0)
+        self._install_signal_handlers()
+        validated_at = None
+        epoch_done = self.start_epoch
+        try:
+            stopped = False
+            for epoch in range(self.start_epoch, s.epochs):
+                start_batch = self.start_batch if epoch == self.start_epoch else 0
+                if _accepts_start(self.train_loader):
+                    self.train_loader.set_epoch(epoch, start_batch)
+                else:
+                    self.train_loader.set_epoch(epoch)
+                self.head.train()
+                batch_idx = start_batch
+                t0, n_img = time.perf_counter(), 0
+                for views, labels in self.train_loader:
+                    out = self.train_step(views, labels, epoch)
+                    self.global_step += 1
+                    steps_this_run += 1
+                    batch_idx += 1
+                    n_img += labels.shape[0] * self.dist.world_size
+                    if bar is not None:
+                        bar.update(1)
+                    at_limit = max_steps is not None and steps_this_run >= max_steps
+                    if self.global_step % a.log_every == 0 or batch_idx == self.steps_per_epoch or at_limit:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        el = max(time.perf_counter() - t0, 1e-9)
+                        rec = {"step": self.global_step, "epoch": epoch + batch_idx / self.steps_per_epoch,
+                               "loss": float(out["loss"]), "acc1": float(out["acc1"]), "lr": out["lr"],
+                               "images_per_s": n_img / el}
+                        self.logger.log(rec, self.global_step)
+                        if bar is not None:
+                            bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                        t0, n_img = time.perf_counter(), 0
+                    if at_limit or self._stop_now():
+                        self.save_checkpoint(epoch, batch_idx)
+                        epoch_done = epoch + batch_idx / self.steps_per_epoch
+                        stopped = True
+                        break
+                if stopped:
+                    break
+                epoch_done = epoch + 1
+                best = False
+                if s.eval_every and epoch_done % s.eval_every == 0 or epoch_done == s.epochs:
+                    best = self.validate(epoch_done)["improved"]
+                    validated_at = epoch_done
+                self.save_checkpoint(epoch, self.steps_per_epoch, best=best)
+            if validated_at != epoch_done:
+                # stopped early (or resumed a finished run): still report a number for these weights
+                improved = self.validate(epoch_done)["improved"]
+                self.save_checkpoint(*self._pos, best=improved)
+            check_frozen(self.fingerprint, self.backbone)
+        finally:
+            if bar is not None:
+                bar.close()
+        result = {"best_acc1": self.best["acc1"], "best_acc5": self.best["acc5"], "best_epoch": self.best["epoch"],
+                  "last_acc1": self.last_val["acc1"], "last_acc5": self.last_val["acc5"],
+                  "last_epoch": self.last_val["epoch"], "steps": self.global_step,
+                  "encoder": self.desc["encoder"], "arch": self.desc["arch"], "ckpt": self.desc["ckpt"]}
+        if self.is_main:
+            (self.run_dir / "result.json").write_text(json.dumps(result, indent=2))
+            log.info("checkpoint: %s", (self.run_dir / "last.pth").resolve())
+            log.info("TensorBoard: tensorboard --logdir %s", (self.run_dir / "tb").resolve())
+        return result
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self.stop_requested = True
+            log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(sig, handler)
+
+    def _stop_now(self) -> bool:
+        """Every rank must agree to stop at the same step."""
+        if not self.dist.distributed:
+            return self.stop_requested
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        fdist.teardown()
+
+
+def _accepts_start(loader) -> bool:
+    import inspect
+    try:
+        return "start_batch" in inspect.signature(loader.set_epoch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastairl.linear_eval",
+                                description="Linear evaluation of a frozen backbone (the reference protocol); "
+                                            "single process or torchrun.")
+    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
+    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
+    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES,
+                   help="which encoder (auto: online if present, else supervised, else target)")
+    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
+                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
+    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
+    p.add_argument("--bn", action="store_true", help="affine-free BatchNorm1d before the linear layer")
+    p.add_argument("--large-norm-config", action="store_true",
+                   help="lr 0.2 x batch/256, batch 1024, 80 epochs, Nesterov, cosine (for LARS-trained models)")
+    p.add_argument("--lr", type=float, help="lr per 256 images (default 30, or 0.2 with --large-norm-config)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 256, or 1024 with --large-norm-config)")
+    p.add_argument("--epochs", type=int, help="epochs (default 100, or 80 with --large-norm-config)")
+    p.add_argument("--milestones", help="epochs of the x0.1 steps, comma-separated (default 60,80)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    p.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="validate every N epochs (and at the end)")
+    p.add_argument("--image-size", type=int, default=224, help="crop size")
+    p.add_argument("--output-dir", default="outputs/linear", help="runs go to <output-dir>/<name>/")
+    p.add_argument("--name", help="run name (default: <ckpt-stem>-<encoder>)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="autocast for the backbone (default: bf16 on GPUs that support it, off on CPU)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--loader", default="auto", choices=["auto", "folder", "ffcv"], help="data backend")
+    p.add_argument("--workers", type=int, default=6, help="loader worker processes per process")
+    p.add_argument("--max-steps", type=int, help="stop after N steps in this invocation (checkpoint + validation)")
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue: no value = <output-dir>/<name>/last.pth; or a path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=20, help="log training metrics every N steps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fastairl.backbone_io import CheckpointError
+    from fastairl.engine import UserError
+    from fastairl.logging_utils import setup_console
+
+    setup_console(int(os.environ.get("RANK", "0")))
+    run = None
+    try:
+        if args.log_every <= 0:
+            raise UserError(f"--log-every {args.log_every}: must be > 0")
+        run = LinearEval(args)
+        run.setup()
+        res = run.fit()
+        if run.is_main:
+            print(f"linear eval {res['arch']} {res['encoder']}: top-1 {res['last_acc1']:.2f} top-5 "
+                  f"{res['last_acc5']:.2f} (epoch {res['last_epoch']:g}); best top-1 {res['best_acc1']:.2f} "
+                  f"top-5 {res['best_acc5']:.2f} (epoch {res['best_epoch']:g})", flush=True)
+        return 0
+    except BackboneChangedError as e:
+        print(f"fastairl: error: {e}", file=sys.stderr)
+        return EXIT_BACKBONE_CHANGED
+    except (CheckpointError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"fastairl: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except FloatingPointError as e:
+        print(f"fastairl: stopped: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if run is not None:
+            run.close()
+        else:
+            fdist.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
