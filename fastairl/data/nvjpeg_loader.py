@@ -1,0 +1,585 @@
+"""The ``nvjpeg`` backend: JPEG bytes read by CPU threads, decoded in batches on the GPU.
+
+Why it exists: on a GPU node the CPU cores, not the GPU, cap the reference's data path
+(PIL decode + CPU augmentation). DALI solves that but is a large optional dependency;
+torchvision already ships a batched nvJPEG decoder (``decode_jpeg(list, device="cuda")``).
+This backend needs nothing beyond torch and torchvision:
+
+1. a small pool of CPU threads reads each sample's compressed bytes, from a packed ffcv
+   file (``<root>/<split>.beton``, read with our own :class:`~fastairl.data.beton.BetonReader`)
+   or from an ImageNet-style folder (``<root>/<split>/<class>/<image>``, the sample list
+   and labels of torchvision's ``ImageFolder``);
+2. one ``decode_jpeg`` call decodes the whole batch to RGB on the GPU;
+3. every view gets its own random-resized crop, drawn with torchvision's rule
+   (:func:`fastairl.data.crop.sample_crops`, the view's scale/ratio), cut and resized on
+   the device with torchvision's antialiased bilinear (:func:`fastairl.data.crop.crop_resize`),
+   and a horizontal flip with the view's ``flip_p``;
+4. the uint8 views ``(B, 3, S, S)`` are handed to the trainer, which runs ``GPUAugment``.
+
+Steps 1-3 run in a background thread, a bounded queue ahead of the training loop; GPU
+work happens on a side CUDA stream and the consumer's stream waits on an event before it
+touches a batch (the tensors are ``record_stream``-ed so the allocator does not recycle
+them under it).
+
+Images the GPU decoder refuses (CMYK, some progressive files, PNGs named .JPEG) are
+decoded on the CPU instead; an image nothing can decode is replaced by the next
+decodable sample (deterministic), logged once and counted in :attr:`NvJpegLoader.stats`.
+
+Without a GPU (``spec.device == "cpu"``, CI) the same code decodes with torchvision on the
+CPU threads, so every step above is exercised by the tests; a loud warning says so.
+
+Crop windows come from a numpy generator seeded by (seed, epoch, rank, batch number), so
+a run resumed mid-epoch (``set_epoch(epoch, start_batch)``) sees the very same batches.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import queue
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from .base import LoaderSpec
+from .beton import JPEG_MODE, BetonReader, read_classes_json
+from .crop import crop_resize, sample_crops
+from .recipes import eval_resize_size, get_recipe
+from .sampler import ResumableDistributedSampler
+
+log = logging.getLogger(__name__)
+
+# torchvision 0.29 warns on every decode call that its codecs are deprecated in favour of
+# TorchCodec; one warning per image would drown the training log. The filter is scoped
+# to that exact message.
+warnings.filterwarnings("ignore", message=r".*image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
+
+__all__ = ["NvJpegLoader", "build_nvjpeg_loader", "JpegHeader", "jpeg_header", "decode_on_cpu", "DecodeError"]
+
+#: Batches prepared ahead of the training loop (override with ``spec.extra["prefetch"]``).
+DEFAULT_PREFETCH = 3
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}
+
+_warned_cpu = False
+_warned_gpu_fallback = False
+
+
+class DecodeError(RuntimeError):
+    """No decoder could turn a sample's bytes into an RGB image."""
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the start-of-frame segment of a JPEG says."""
+
+    height: int
+    width: int
+    components: int   # 1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK
+    progressive: bool
+
+
+def jpeg_header(data: torch.Tensor | np.ndarray | bytes) -> JpegHeader | None:
+    """Parse the frame header of a JPEG stream, or return None if it is not a JPEG.
+
+    Used to send images nvJPEG is known to reject (4-component CMYK/YCCK, non-JPEG files)
+    straight to the CPU decoder, instead of failing a whole GPU batch and retrying it.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        buf = memoryview(data)
+    else:
+        arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        buf = memoryview(np.ascontiguousarray(arr.reshape(-1), dtype=np.uint8))  # no copy for uint8 input
+    if len(buf) < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return None
+    pos = 2
+    n = len(buf)
+    while pos + 4 <= n:
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # stand-alone markers
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        length = (buf[pos + 2] << 8) | buf[pos + 3]
+        if marker in _SOF_MARKERS:
+            if pos + 10 > n:
+                return None
+            height = (buf[pos + 5] << 8) | buf[pos + 6]
+            width = (buf[pos + 7] << 8) | buf[pos + 8]
+            return JpegHeader(height, width, buf[pos + 9], marker in _PROGRESSIVE_SOF)
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
+    """Decode one image's bytes to ``(3, H, W)`` uint8 RGB on the CPU.
+
+    torchvision (libjpeg-turbo) first; PIL second, which also reads the odd non-JPEG file
+    stored under a .JPEG name and the rare JPEG variants libjpeg-turbo's strict mode
+    refuses. Raises :class:`DecodeError` with both decoders' reasons if neither can.
+    """
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB)
+    except RuntimeError as e_tv:
+        first = str(e_tv).splitlines()[-1] if str(e_tv) else type(e_tv).__name__
+    try:
+        from PIL import Image
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            arr = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    except Exception as e_pil:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        raise DecodeError(f"torchvision: {first}; PIL: {type(e_pil).__name__}: {e_pil}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Sources of compressed bytes
+# --------------------------------------------------------------------------------------
+
+class _FolderSource:
+    """An ImageNet-style split folder, in torchvision ImageFolder's sample order."""
+
+    kind = "folder"
+
+    def __init__(self, split_dir: Path) -> None:
+        from .folder import image_folder  # one-line errors for missing/empty folders
+        ds = image_folder(split_dir)
+        self.where = str(split_dir)
+        self.paths = [p for p, _ in ds.samples]
+        self.labels = np.asarray([t for _, t in ds.samples], dtype=np.int64)
+        self.classes = list(ds.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+    def read(self, i: int) -> torch.Tensor:
+        """The file's bytes in a fresh 1-D uint8 tensor (one copy, straight from the kernel)."""
+        with open(self.paths[i], "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            out = torch.empty(size, dtype=torch.uint8)
+            got = f.readinto(memoryview(out.numpy())) if size else 0
+        return out if got == size else out[:got]
+
+
+class _BetonSource:
+    """A packed ffcv file; raw-mode samples come back already decoded as (3, H, W)."""
+
+    kind = "beton"
+
+    def __init__(self, path: Path) -> None:
+        self.reader = BetonReader(path)
+        self.where = str(path)
+        if self.reader.labels is None:
+            raise ValueError(f"{path} has no int label field (fields: {self.reader.field_types}); "
+                             f"pack it with data_prep/write_ffcv.py")
+        self.labels = np.asarray(self.reader.labels, dtype=np.int64)
+        if self.labels.min() < 0:
+            raise ValueError(f"{path} holds negative labels; pack it with data_prep/write_ffcv.py")
+        classes = read_classes_json(path.parent)
+        n_cls = int(self.labels.max()) + 1
+        if classes is None:
+            log.warning("nvjpeg loader: %s has no classes.json beside it; naming the %d classes by number",
+                        path, n_cls)
+            classes = [str(k) for k in range(n_cls)]
+        elif len(classes) < n_cls:
+            raise ValueError(f"{path.parent / 'classes.json'} names {len(classes)} classes but {path} holds "
+                             f"label {n_cls - 1}; the two files come from different packings")
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def describe(self, i: int) -> str:
+        return f"{self.where} sample {i}"
+
+    def read(self, i: int) -> torch.Tensor:
+        if self.reader.modes[i] == JPEG_MODE:
+            view = self.reader.jpeg(i)
+            out = torch.empty(view.shape[0], dtype=torch.uint8)
+            out.numpy()[:] = view  # the page faults (disk reads) happen here, in a pool thread
+            return out
+        return torch.from_numpy(np.array(self.reader.raw(i))).permute(2, 0, 1)
+
+
+def _open_source(spec: LoaderSpec) -> _FolderSource | _BetonSource:
+    root = Path(spec.root)
+    want = (spec.extra or {}).get("source", "auto")
+    packed = root / f"{spec.split}.beton"
+    folder = root / spec.split
+    if want not in ("auto", "beton", "folder"):
+        raise ValueError(f"nvjpeg loader: source={want!r} is unknown; use 'auto', 'beton' or 'folder'")
+    if want == "beton" or (want == "auto" and packed.is_file()):
+        return _BetonSource(packed)
+    if want == "folder" or folder.is_dir():
+        return _FolderSource(folder)
+    raise FileNotFoundError(f"--data {root}: neither {packed} nor the folder {folder} exists; give an "
+                            f"ImageNet-style folder (train/, val/) or one packed by data_prep/write_ffcv.py")
+
+
+# --------------------------------------------------------------------------------------
+# The loader
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    ready: torch.cuda.Event | None
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class NvJpegLoader:
+    """One rank's loader: nvJPEG batch decode + per-view random-resized crop + flip.
+
+    Honours :mod:`fastairl.data.base`: iterate for ``(views, labels)`` with uint8 views
+    ``(B, 3, S, S)`` on ``spec.device``; ``output == "uint8"``; ``flipped`` is True (flips
+    are drawn here with each view's ``flip_p``; eval views are never flipped).
+    ``set_epoch(epoch, start_batch)`` must precede each epoch's iteration.
+
+    ``stats`` counts ``bad_samples`` (indices nothing could decode, each replaced by the
+    next decodable sample), ``replacements`` (times one was replaced) and
+    ``cpu_decodes`` (images the GPU decoder passed to the CPU).
+    """
+
+    output = "uint8"
+    flipped = True
+
+    def __init__(self, spec: LoaderSpec) -> None:
+        global _warned_cpu
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"nvjpeg loader: device {spec.device} requested but CUDA is not available; "
+                                   f"run on a GPU or use --device cpu")
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+        elif self.device.type != "cpu":
+            raise ValueError(f"nvjpeg loader: device {spec.device!r} is not supported; use cuda or cpu")
+        if spec.batch_size <= 0:
+            raise ValueError(f"batch size {spec.batch_size} must be positive")
+        if spec.image_size <= 0:
+            raise ValueError(f"image size {spec.image_size} must be positive")
+        self.source = _open_source(spec)
+        self.classes = list(self.source.classes)
+        self.num_classes = len(self.classes)
+        self.num_samples = len(self.source)
+        self.recipe = get_recipe(spec.recipe) if spec.train else ()
+        self.sampler = ResumableDistributedSampler(self.num_samples, spec.rank, spec.world_size, spec.batch_size,
+                                                   shuffle=spec.train, drop_last=spec.train, seed=spec.seed)
+        if spec.train and self.sampler.per_rank == 0:
+            raise ValueError(f"{self.source.where} has {self.num_samples} images: too few for a per-process batch "
+                             f"of {spec.batch_size} on {spec.world_size} process(es); lower --batch-size")
+        extra = spec.extra or {}
+        self.prefetch = int(extra.get("prefetch", DEFAULT_PREFETCH))
+        if self.prefetch < 1:
+            raise ValueError(f"nvjpeg loader: prefetch={self.prefetch} must be at least 1")
+        self.max_bad = int(extra.get("max_bad", max(16, self.num_samples // 100)))
+        self.threads = max(1, int(spec.workers))
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvjpeg-read")
+        self._epoch = 0
+        self._lock = threading.Lock()
+        self.bad_samples: dict[int, str] = {}
+        self._cpu_only: set[int] = set()
+        self.stats = {"bad_samples": 0, "replacements": 0, "cpu_decodes": 0}
+        if self.device.type == "cpu" and not _warned_cpu:
+            _warned_cpu = True
+            log.warning("nvjpeg loader: no CUDA device, DECODING JPEGs ON THE CPU with torchvision (%d threads); "
+                        "this is the CPU twin of the GPU path and far slower than on a GPU", self.threads)
+        log.info("nvjpeg loader: %d %s images from %s (%s), %d batches/epoch on rank %d",
+                 self.num_samples, spec.split, self.source.where, self.source.kind, len(self), spec.rank)
+
+    # ------------------------------------------------------------------ contract
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch``'s shard order; skip its first ``start_batch`` batches (resume)."""
+        if start_batch < 0:
+            raise ValueError(f"start_batch {start_batch} must be >= 0")
+        self._epoch = int(epoch)
+        self.sampler.set_epoch(self._epoch, int(start_batch))
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        b = self.spec.batch_size
+        return n // b if self.spec.train else math.ceil(n / b)
+
+    def close(self) -> None:
+        """Stop the read/decode threads (the loader cannot be iterated afterwards)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def batch_indices(self) -> list[list[int]]:
+        """Dataset indices of each batch this rank yields next (the current epoch, after start_batch).
+
+        Before a decode failure replaces a sample, batch ``k`` of iteration holds exactly
+        these samples in this order; useful to audit sharding and resume.
+        """
+        idx = self.sampler.indices()
+        b = self.spec.batch_size
+        batches = [idx[k:k + b] for k in range(0, len(idx), b)]
+        if self.spec.train:
+            batches = [x for x in batches if len(x) == b]
+        return batches
+
+    def crop_params(self, epoch: int, batch_no: int, heights: Sequence[int] | np.ndarray,
+                    widths: Sequence[int] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per view, the crop windows ``(N, 4)`` (top, left, h, w) and flip flags ``(N,)`` of a batch.
+
+        Drawn with torchvision's RandomResizedCrop rule (the view's scale and ratio) from a
+        generator seeded by (seed, epoch, rank, batch number) only, so the same batch of a
+        resumed run gets the same windows, and a GPU run the same as its CPU twin.
+        """
+        rng = np.random.default_rng([self.spec.seed % 2**63, int(epoch), self.spec.rank, int(batch_no)])
+        hs = np.asarray(heights, dtype=np.int64)
+        ws = np.asarray(widths, dtype=np.int64)
+        out = []
+        for v in self.recipe:
+            boxes = sample_crops(hs, ws, v.crop_scale, v.crop_ratio, rng)
+            flips = rng.random(hs.shape[0]) < v.flip_p
+            out.append((boxes, flips))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        batches = self.batch_indices()
+        if not batches:
+            return
+        first = self.sampler.start_batch
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(batches, first, self._epoch, q, stop),
+                                  name="nvjpeg-prefetch", daemon=True)
+        worker.start()
+        try:
+            for _ in range(len(batches)):
+                item = q.get()
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield self._hand_over(item)
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            worker.join()
+
+    # ------------------------------------------------------------------ producer side
+    def _produce(self, batches: list[list[int]], first: int, epoch: int, q: queue.Queue,
+                 stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        stream = None
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+                stream = torch.cuda.Stream(self.device)
+            # On the GPU path the pool only reads files, so it reads the next batch while
+            # this one decodes; on the CPU path the pool also decodes and crops, and queueing
+            # the next batch's work ahead of this batch's crops would only delay it.
+            ahead = stream is not None
+            reads = self._submit_reads(batches[0])
+            for k, ids in enumerate(batches):
+                if stop.is_set():
+                    return
+                current = reads
+                if k + 1 < len(batches):
+                    if ahead:
+                        reads = self._submit_reads(batches[k + 1])
+                if stream is not None:
+                    with torch.cuda.stream(stream):
+                        item = self._make_batch(ids, current, epoch, first + k)
+                        item.ready = torch.cuda.Event()
+                        item.ready.record(stream)
+                else:
+                    item = self._make_batch(ids, current, epoch, first + k)
+                if not put(item):
+                    return
+                if not ahead and k + 1 < len(batches):
+                    reads = self._submit_reads(batches[k + 1])
+        except BaseException as e:  # hand every failure to the consumer, which re-raises it
+            put(_Failure(e))
+
+    def _submit_reads(self, ids: Sequence[int]) -> list[Future]:
+        fn = self._read_and_decode_cpu if self.device.type == "cpu" else self._read
+        return [self._pool.submit(fn, i) for i in ids]
+
+    def _read(self, i: int) -> torch.Tensor | DecodeError:
+        try:
+            return self.source.read(i)
+        except OSError as e:
+            return DecodeError(f"cannot read: {e}")
+
+    def _read_and_decode_cpu(self, i: int) -> torch.Tensor | DecodeError:
+        data = self._read(i)
+        if isinstance(data, DecodeError) or data.dim() == 3:
+            return data
+        try:
+            return decode_on_cpu(data)
+        except DecodeError as e:
+            return e
+
+    def _make_batch(self, ids: list[int], reads: list[Future], epoch: int, batch_no: int) -> _Batch:
+        got = [f.result() for f in reads]
+        ids = list(ids)
+        imgs = self._decode_gpu(ids, got) if self.device.type == "cuda" else got
+        for pos, img in enumerate(imgs):
+            if isinstance(img, DecodeError):
+                ids[pos], imgs[pos] = self._replacement(ids[pos], img)
+        labels = torch.from_numpy(self.source.labels[np.asarray(ids, dtype=np.int64)])
+        if self.device.type == "cuda":
+            labels = labels.pin_memory().to(self.device, non_blocking=True)
+        size = self.spec.image_size
+        if not self.spec.train:
+            views = [self._eval_views(imgs, size)]
+        else:
+            params = self.crop_params(epoch, batch_no, [im.shape[-2] for im in imgs], [im.shape[-1] for im in imgs])
+            views = [self._crop_views(imgs, boxes, size, flips) for boxes, flips in params]
+        return _Batch(views, labels, None)
+
+    def _decode_gpu(self, ids: list[int], datas: list) -> list:
+        """Batch-decode on the GPU; what nvJPEG cannot take goes to the CPU decoder."""
+        out: list = list(datas)
+        gpu: list[int] = []
+        cpu: list[int] = []
+        for pos, d in enumerate(datas):
+            if isinstance(d, DecodeError):
+                continue
+            if d.dim() == 3:  # raw pixels from a .beton
+                out[pos] = d.to(self.device)
+            elif ids[pos] in self._cpu_only:
+                cpu.append(pos)
+            else:
+                h = jpeg_header(d)
+                if h is None or h.components not in (1, 3):  # not a JPEG, or CMYK/YCCK
+                    self._note_cpu_only(ids[pos], "not a 1- or 3-component JPEG")
+                    cpu.append(pos)
+                else:
+                    gpu.append(pos)
+        if gpu:
+            try:
+                for p, im in zip(gpu, decode_jpeg([datas[p] for p in gpu], mode=ImageReadMode.RGB,
+                                                   device=self.device)):
+                    out[p] = im
+            except RuntimeError:
+                # One bad stream fails the whole call; find it by decoding one at a time.
+                for p in gpu:
+                    try:
+                        out[p] = decode_jpeg(datas[p], mode=ImageReadMode.RGB, device=self.device)
+                    except RuntimeError as e:
+                        self._note_cpu_only(ids[p], str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
+                        cpu.append(p)
+        for p in cpu:
+            self.stats["cpu_decodes"] += 1
+            try:
+                out[p] = decode_on_cpu(datas[p]).to(self.device)
+            except DecodeError as e:
+                out[p] = e
+        return out
+
+    def _note_cpu_only(self, i: int, why: str) -> None:
+        """Remember that sample ``i`` needs the CPU decoder, so later epochs skip the GPU try."""
+        global _warned_gpu_fallback
+        self._cpu_only.add(i)
+        if not _warned_gpu_fallback:
+            _warned_gpu_fallback = True
+            log.warning("nvjpeg loader: the GPU decoder cannot take %s (%s); such images are decoded on the CPU "
+                        "(slower; counted in stats['cpu_decodes'])", self.source.describe(i), why)
+
+    def _replacement(self, i: int, err: DecodeError) -> tuple[int, torch.Tensor]:
+        """Mark ``i`` bad (log once) and return the next decodable sample after it."""
+        n = self.num_samples
+        j, reason = i, err
+        for _ in range(n):
+            with self._lock:
+                if j not in self.bad_samples:
+                    self.bad_samples[j] = str(reason)
+                    self.stats["bad_samples"] = len(self.bad_samples)
+                    log.warning("nvjpeg loader: cannot decode %s (%s); replacing it with another sample",
+                                self.source.describe(j), reason)
+                too_many = len(self.bad_samples) > self.max_bad
+            if too_many:
+                raise RuntimeError(f"nvjpeg loader: {len(self.bad_samples)} images in {self.source.where} could "
+                                   f"not be read or decoded (more than {self.max_bad}); the dataset looks damaged, "
+                                   f"first one: {self.source.describe(min(self.bad_samples))}")
+            j = (j + 1) % n
+            if j in self.bad_samples:
+                continue
+            img = self._read_and_decode_cpu(j)
+            if isinstance(img, DecodeError):
+                reason = img
+                continue
+            with self._lock:
+                self.stats["replacements"] += 1
+            return j, (img.to(self.device) if self.device.type == "cuda" else img)
+        raise RuntimeError(f"nvjpeg loader: no image in {self.source.where} can be decoded")
+
+    def _crop_views(self, imgs: list[torch.Tensor], boxes: np.ndarray, size: int, flips: np.ndarray) -> torch.Tensor:
+        """One view of the batch: crop+resize every image, then flip the chosen ones."""
+        n = len(imgs)
+        if self.device.type == "cpu" and self.threads > 1 and n > 1:
+            step = math.ceil(n / self.threads)
+            parts = [self._pool.submit(crop_resize, imgs[s:s + step], boxes[s:s + step], size)
+                     for s in range(0, n, step)]
+            out = torch.cat([p.result() for p in parts])
+        else:
+            out = crop_resize(imgs, boxes, size)
+        if flips.any():
+            sel = torch.from_numpy(np.flatnonzero(flips)).to(out.device)
+            out[sel] = out[sel].flip(-1)
+        return out
+
+    def _eval_views(self, imgs: list[torch.Tensor], size: int) -> torch.Tensor:
+        """Resize the short side to eval_resize_size(size), centre-crop size x size (torchvision ops)."""
+        short = eval_resize_size(size)
+
+        def one(im: torch.Tensor) -> torch.Tensor:
+            return TF.center_crop(TF.resize(im, [short], antialias=True), [size, size])
+
+        if self.device.type == "cpu" and self.threads > 1 and len(imgs) > 1:
+            return torch.stack(list(self._pool.map(one, imgs)))
+        return torch.stack([one(im) for im in imgs])
+
+    # ------------------------------------------------------------------ consumer side
+    def _hand_over(self, item: _Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if item.ready is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(item.ready)
+            for t in (*item.views, item.labels):
+                t.record_stream(cur)
+        return item.views, item.labels
+
+
+def build_nvjpeg_loader(spec: LoaderSpec) -> NvJpegLoader:
+    """The ``nvjpeg`` backend for :func:`fastairl.data.build_loader`."""
+    return NvJpegLoader(spec)
