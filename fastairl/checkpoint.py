@@ -52,7 +52,7 @@ def load(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt / truncated / not a torch file
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); is it a complete "
                          f"torch checkpoint?") from None

@@ -27,6 +27,7 @@ from . import checkpoint as ckpt_io
 from . import distributed as fdist
 from .config import Config
 from .data import build_loader, choose_loader, resolve_data
+from .data.augment import normalize_uint8
 from .data.base import LoaderSpec
 from .logging_utils import RunLogger
 from .methods import build_method
@@ -91,13 +92,18 @@ def build_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Opt
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """RNG states as tensors and plain numbers, so checkpoints load with weights_only=True."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -438,9 +444,10 @@ class Trainer:
         enc.eval()
         counts = torch.zeros(3, device=self.device)
         for views, labels in loader:
-            x = self._prepare_views(views) if loader.output == "uint8" else views[0]
-            if isinstance(x, list):
-                x = x[0]
+            if loader.output == "uint8":  # eval crops: normalise only, no training augmentation
+                x = normalize_uint8(views[0], channels_last=self.opts.channels_last)
+            else:
+                x = views[0]
             with self._autocast():
                 logits = enc(x)
             a1, a5 = topk_acc(logits.float(), labels)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
-from fastairl.data.recipes import MEAN, STD
+from fastairl.data.augment import normalize_uint8
 from fastairl.models.resnet import ARCHS, Encoder
 
 log = logging.getLogger("fastairl")
@@ -124,15 +124,6 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1
 
 
 # --------------------------------------------------------------------------- features
-def normalize_uint8(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` eval crops -> normalised float32, the eval transform's last
-    two steps (ToTensor + Normalize) for backends that hand over raw crops."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    y = (x.float() / 255.0 - mean) / std
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
-
-
 def _uses_channels_last(module: torch.nn.Module) -> bool:
     w = getattr(module, "conv1", None)
     w = getattr(w, "weight", None)

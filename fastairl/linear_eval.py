@@ -55,7 +55,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
-from fastairl.knn import (ENCODER_CHOICES, gather_unique, load_encoder, normalize_uint8, shard_indices,
+from fastairl.data.augment import normalize_uint8
+from fastairl.knn import (ENCODER_CHOICES, gather_unique, load_encoder, shard_indices,
                           topk_hits)
 from fastairl.models.resnet import ARCHS
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .base import LoaderSpec
-
 log = logging.getLogger(__name__)
-LOADERS = ("auto", "folder", "ffcv")
+LOADERS = ("auto", "folder", "ffcv", "nvjpeg")
 
 
 def resolve_data(arg: str) -> Path:
@@ -37,6 +35,9 @@ def choose_loader(name: str, root: Path, device_type: str) -> str:
         raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
     if name != "auto":
         return name
+    if device_type == "cuda":
+        log.info("--loader auto: GPU present, DALI not used: decoding with torchvision's nvJPEG (nvjpeg loader)")
+        return "nvjpeg"
     if has_packed(root):
         try:
             import ffcv  # noqa: F401
@@ -48,11 +49,15 @@ def choose_loader(name: str, root: Path, device_type: str) -> str:
     return "folder"
 
 
-def build_loader(name: str, spec: LoaderSpec):
+def build_loader(name: str, spec):
+    """The loader ``name`` for one rank, from a :class:`fastairl.data.base.LoaderSpec`."""
     if name == "folder":
         from .folder import FolderLoader
         return FolderLoader(spec)
     if name == "ffcv":
         from .ffcv_loader import build_ffcv_loader
         return build_ffcv_loader(spec)
+    if name == "nvjpeg":
+        from .nvjpeg_loader import build_nvjpeg_loader
+        return build_nvjpeg_loader(spec)
     raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")

@@ -175,6 +175,17 @@ def _on_rows(x: torch.Tensor, rows: Optional[torch.Tensor], fn, *per_row: torch.
     return x.index_copy_(0, rows, out.to(x.dtype))
 
 
+def normalize_uint8(x: torch.Tensor, channels_last: bool = False,
+                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> normalised float: the eval transform's ToTensor + Normalize
+    for backends that hand over raw crops (validation, kNN, linear-eval features)."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    y = (x.float() / 255.0 - mean) / std
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return y.to(dtype=out_dtype, memory_format=fmt)
+
+
 class GPUAugment(torch.nn.Module):
     """Every post-crop op of a recipe, batched with per-sample random parameters.
 
