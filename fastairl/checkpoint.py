@@ -48,15 +48,14 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
+    """A pre-training checkpoint (fastairl's or the reference's), with one-line errors."""
+    from .backbone_io import load_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / truncated / not a torch file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); is it a complete "
-                         f"torch checkpoint?") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
         raise ValueError(f"checkpoint {path} has no 'model' entry; expected a fastairl or reference "
                          f"pre-training checkpoint")
     return ckpt

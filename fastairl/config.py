@@ -62,6 +62,9 @@ class Config:
     probe_lr: float = 30.0             # per 256, like every SGD lr of the reference
     probe_schedule: str = "multistep_epochs"  # multistep_epochs | cosine
     probe_milestones: tuple = (60, 80) # epochs
+    # classes of the supervised head and the probe; 0 = from the data (a resumed checkpoint's
+    # head size wins when it has at least as many classes, e.g. 1000-class reference files)
+    num_classes: int = 0
     # supervised baseline
     eval_every: int = 0                # validate every N epochs (0: never)
     # data

@@ -137,9 +137,19 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise UserError(f"--data {opts.data}: fewer training images than one global batch of {cfg.batch_size}")
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.num_classes = self.loader.num_classes
-
         self.run_dir = Path(opts.output_dir) / cfg.name
+        self._resume_path, self._resume_ckpt = None, None
+        if opts.resume:
+            self._resume_path = self.run_dir / "last.pth" if opts.resume == "auto" else Path(opts.resume)
+            if not self._resume_path.is_file():
+                raise UserError(f"--resume: checkpoint {self._resume_path} does not exist"
+                                + (" (no previous run in this folder)" if opts.resume == "auto" else ""))
+            try:
+                self._resume_ckpt = ckpt_io.load(self._resume_path)
+            except (ValueError, FileNotFoundError) as e:
+                raise UserError(str(e)) from None
+        self.num_classes = self._choose_num_classes()
+
         self._prepare_run_dir()
 
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
@@ -181,8 +191,9 @@ class Trainer:
                 self.ddp_probe = nn.parallel.DistributedDataParallel(self.probe, **kw)
 
         self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
-        if opts.resume:
-            self._resume(opts.resume)
+        if self._resume_ckpt is not None:
+            self._resume(self._resume_path, self._resume_ckpt)
+            self._resume_ckpt = None
         self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.global_step or None)
         if self.is_main:
             cfg.save(self.run_dir / "config.json")
@@ -210,13 +221,26 @@ class Trainer:
         if err:
             raise UserError(err)
 
-    def _resume(self, which: str) -> None:
-        path = self.run_dir / "last.pth" if which == "auto" else Path(which)
-        if not path.is_file():
-            raise UserError(f"--resume: checkpoint {path} does not exist"
-                            + (" (no previous run in this folder)" if which == "auto" else ""))
+    def _choose_num_classes(self) -> int:
+        data_classes = self.loader.num_classes
+        n = self.cfg.num_classes or data_classes
+        ck = self._resume_ckpt
+        if ck is not None and not self.cfg.num_classes:
+            head = ckpt_io.strip_prefix(ck.get("classifier") or {}).get("weight")
+            if head is None:
+                head = ckpt_io.strip_prefix(ck["model"]).get("fc.0.weight") if self.cfg.method == "supervised" else None
+            if head is not None and head.dim() == 2:
+                n = int(head.shape[0])
+        if n < data_classes:
+            raise UserError(f"the classifier has {n} classes but the data has {data_classes}; "
+                            f"set --set num_classes={data_classes} or use matching data")
+        if n != data_classes:
+            log.info("classifier size %d (from %s); the data has %d classes", n,
+                     "the resumed checkpoint" if not self.cfg.num_classes else "num_classes", data_classes)
+        return n
+
+    def _resume(self, path: Path, ck: dict) -> None:
         try:
-            ck = ckpt_io.load(path)
             expected = self.model.layout_state_dict()
             ckpt_io.check_model_keys(ck["model"], expected, path)
         except (ValueError, FileNotFoundError) as e:
