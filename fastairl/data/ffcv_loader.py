@@ -1,0 +1,738 @@
+"""The FFCV backend: read ``.beton`` files, decode each JPEG once, cut every view from it.
+
+Why a custom decoder: ffcv's stock ``RandomResizedCropRGBImageDecoder`` decodes a JPEG
+for *one* crop, and ffcv lets one field feed only one pipeline, so a two-view recipe
+would either decode every image twice or need two loaders. Decoding dominates the CPU
+cost, so :class:`MultiViewCropDecoder` decodes once and emits every view of the recipe
+from that decode, as one ``(V, S, S, 3)`` uint8 array per sample that
+:class:`FFCVLoader` splits into the views of the batch contract
+(:mod:`fastairl.data.base`).
+
+What happens per sample, inside ffcv's numba-compiled, thread-parallel pipeline:
+
+1. one crop window per view, drawn with torchvision's ``RandomResizedCrop.get_params``
+   rule (:func:`sample_crop_nb`: area fraction ~ U(scale), log-uniform aspect ratio, 10
+   tries, centred fallback) from the view's :class:`~fastairl.data.recipes.ViewRecipe`;
+2. one JPEG decode through libjpeg-turbo (ffcv's ``imdecode``). When *every* window is
+   at least 2x (4x, 8x) the output size in both directions, the JPEG is decoded at
+   1/2 (1/4, 1/8) scale in the DCT domain, which is cheaper and is itself a proper
+   low-pass downscale; otherwise at full size. (ffcv 1.0.2's region decode goes
+   through a lossless ``tjTransform`` that entropy-decodes the whole image and
+   re-encodes the region: measured on ~460x400 photos it costs 1.7x a full decode for a
+   region of 90 % per side and only breaks even near 50 % per side, while the union of
+   two random windows is usually larger, so it is not used.)
+3. each window resized to ``S x S`` with the same filter as torchvision's
+   ``resized_crop(..., antialias=True)`` (PIL's separable triangle filter whose support
+   widens with the downscale factor), flipped horizontally with the view's ``flip_p``
+   at no extra cost. The kernel (:func:`resize_box`) works in fixed point and agrees
+   with torchvision's float result to one level.
+
+Validation uses the same operation in centre mode: the window that torchvision's
+``Resize(round(S*256/224))`` + ``CenterCrop(S)`` would keep, resized with the same
+filter (identical to resizing the whole image and cropping).
+
+Random numbers come from numba's generator, which has an independent stream per
+worker thread; crops are therefore not reproducible from run to run, like the
+reference's DataLoader workers. The sample *order* is reproducible (ffcv's traversal
+orders seeded with ``spec.seed`` and the epoch).
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numba as nb
+import numpy as np
+import torch
+
+from fastairl.data.base import LoaderSpec
+from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader, read_classes_json
+from fastairl.data.recipes import CROP_TRIES, eval_resize_size, get_recipe
+
+try:  # ffcv is a compiled extension with system library dependencies; fail late, clearly.
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.libffcv import imdecode as _ffcv_imdecode
+    from ffcv.loader import Loader as _FFCVBaseLoader
+    from ffcv.loader import OrderOption
+    from ffcv.loader.epoch_iterator import EpochIterator
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.state import State
+    from ffcv.transforms import ToDevice, ToTensor
+    _FFCV_IMPORT_ERROR: Exception | None = None
+except (ImportError, OSError) as _e:  # OSError: libturbojpeg / libopencv missing at load time
+    _FFCV_IMPORT_ERROR = _e
+    SimpleRGBImageDecoder = object  # type: ignore[assignment,misc]
+    EpochIterator = object  # type: ignore[assignment,misc]
+
+__all__ = [
+    "BetonError", "CropView", "FFCVLoader", "MultiViewCropDecoder", "build_ffcv_loader",
+    "check_beton", "decode_jpeg", "draw_crops", "eval_box", "has_ffcv_files", "read_classes",
+    "require_ffcv", "resize_box", "resized_crop", "sample_crop_nb",
+]
+
+#: Field names written by :func:`fastairl.data.ffcv_writer.write_ffcv`, in file order.
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
+
+_REWRITE_HINT = "re-run data_prep/write_ffcv.py (with --overwrite) to rebuild it"
+
+
+def require_ffcv() -> None:
+    """Raise a one-line, actionable ImportError if ffcv cannot be imported here."""
+    if _FFCV_IMPORT_ERROR is not None:
+        raise ImportError(
+            f"ffcv is not importable ({type(_FFCV_IMPORT_ERROR).__name__}: {_FFCV_IMPORT_ERROR}); "
+            "run `make venv` (it installs the system packages pkg-config libopencv-dev "
+            "libturbojpeg0-dev with apt and then ffcv==1.0.2), or use the `folder` data backend"
+        ) from _FFCV_IMPORT_ERROR
+
+
+# --------------------------------------------------------------------------------------
+# numba kernels: crop sampling and the antialiased bilinear crop+resize
+# --------------------------------------------------------------------------------------
+
+#: Fixed-point precision of the vertical-pass weights (they sum to 2**_WB_V).
+_WB_V = 14
+#: Precision of the horizontal-pass weights; 12 bits keep a weighted sum of uint8 values
+#: below 2**20, so the three channels of a pixel fit in one int64 at 21-bit spacing and
+#: one multiply-add serves all three.
+_WB_H = 12
+_LANE = 21
+
+
+@nb.njit(cache=True, nogil=True)
+def sample_crop_nb(height: int, width: int, scale_lo: float, scale_hi: float,
+                   ratio_lo: float, ratio_hi: float) -> tuple[int, int, int, int]:
+    """One crop window ``(top, left, h, w)`` by torchvision's RandomResizedCrop rule.
+
+    Written for numba so the decode loop draws windows without leaving compiled code;
+    the rule is the one documented in :mod:`fastairl.data.crop` (and checked against
+    ``RandomResizedCrop.get_params`` by a KS test in tests/test_ffcv.py).
+    """
+    area = float(height * width)
+    log_lo = math.log(ratio_lo)
+    log_hi = math.log(ratio_hi)
+    for _ in range(CROP_TRIES):
+        target = area * np.random.uniform(scale_lo, scale_hi)
+        aspect = math.exp(np.random.uniform(log_lo, log_hi))
+        w = int(np.rint(math.sqrt(target * aspect)))
+        h = int(np.rint(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = np.random.randint(0, height - h + 1)
+            left = np.random.randint(0, width - w + 1)
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio_lo:
+        w = width
+        h = int(np.rint(w / ratio_lo))
+    elif in_ratio > ratio_hi:
+        h = height
+        w = int(np.rint(h * ratio_hi))
+    else:
+        w = width
+        h = height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@nb.njit(cache=True, nogil=True)
+def _draw_crops_nb(n: int, height: int, width: int, s_lo: float, s_hi: float,
+                   r_lo: float, r_hi: float, seed: int) -> np.ndarray:
+    np.random.seed(seed)
+    out = np.empty((n, 4), np.int64)
+    for i in range(n):
+        t, l, h, w = sample_crop_nb(height, width, s_lo, s_hi, r_lo, r_hi)
+        out[i, 0] = t
+        out[i, 1] = l
+        out[i, 2] = h
+        out[i, 3] = w
+    return out
+
+
+def draw_crops(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+               seed: int = 0) -> np.ndarray:
+    """``n`` windows ``(top, left, h, w)`` from the decoder's sampler, reproducibly seeded.
+
+    Exposed so the sampler's distribution can be compared with torchvision's.
+    """
+    if n < 0 or height <= 0 or width <= 0:
+        raise ValueError(f"draw_crops needs n >= 0 and a positive image size, got n={n} {height}x{width}")
+    return _draw_crops_nb(int(n), int(height), int(width), float(scale[0]), float(scale[1]),
+                          float(min(ratio)), float(max(ratio)), int(seed))
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _filter_taps(start: float, length: float, out_size: int, lo: int, hi: int, bits: int,
+                 first: np.ndarray, count: np.ndarray, weights: np.ndarray) -> None:
+    """Integer taps of the antialiased bilinear filter for one axis.
+
+    Output pixel ``o`` covers source coordinate ``start + (o + 0.5) * length / out_size``;
+    its taps are the source pixels within the filter support (1, widened to the
+    downscale factor when shrinking), clamped to ``[lo, hi)``; weights are the triangle
+    filter, normalised and rounded so that they sum to exactly ``2**bits``.
+    """
+    scale = length / out_size
+    if scale >= 1.0:
+        support = scale
+        inv = 1.0 / scale
+    else:
+        support = 1.0
+        inv = 1.0
+    one = 1 << bits
+    tmp = np.empty(weights.shape[1], np.float64)
+    for o in range(out_size):
+        centre = start + scale * (o + 0.5)
+        a = max(int(math.floor(centre - support + 0.5)), lo)
+        b = min(int(math.floor(centre + support + 0.5)), hi)
+        n = b - a
+        if n < 1:  # degenerate window (cannot happen for windows inside the image)
+            a = min(max(int(math.floor(centre)), lo), hi - 1)
+            n = 1
+        total = 0.0
+        best = 0
+        for k in range(n):
+            v = 1.0 - abs((k + a - centre + 0.5) * inv)
+            if v < 0.0:
+                v = 0.0
+            tmp[k] = v
+            total += v
+            if v > tmp[best]:
+                best = k
+        if total <= 0.0:
+            for k in range(n):
+                tmp[k] = 1.0
+            total = float(n)
+        acc = 0
+        for k in range(n):
+            q = int(math.floor(tmp[k] / total * one + 0.5))
+            weights[o, k] = q
+            acc += q
+        weights[o, best] += one - acc  # rounding residue goes to the largest tap
+        first[o] = a
+        count[o] = n
+
+
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def resize_box(src: np.ndarray, y0: float, x0: float, bh: float, bw: float,
+               ylo: int, yhi: int, xlo: int, xhi: int, dst: np.ndarray, flip: bool) -> None:
+    """Resize the window ``[y0, y0+bh) x [x0, x0+bw)`` of ``src`` (H, W, 3 uint8) into ``dst``.
+
+    The window may have fractional bounds (windows on a DCT-downscaled decode, or the
+    eval window); filter taps are clamped to rows ``[ylo, yhi)`` and columns
+    ``[xlo, xhi)``: the window itself for a random crop (as torchvision, which crops
+    and then resizes), the whole image for the eval window (as resize-then-crop).
+    ``dst`` (S_h, S_w, 3) may be a strided view. ``flip`` mirrors the output
+    horizontally.
+
+    Vertical pass first (vectorised over a whole source row span, 14-bit weights,
+    rounded to uint8 like torchvision's own uint8 path), then the horizontal pass with
+    the three channels packed into one int64 so a tap is one multiply-add.
+    """
+    oh = dst.shape[0]
+    ow = dst.shape[1]
+    ky = int(math.ceil(max(bh / oh, 1.0))) * 2 + 3
+    kx = int(math.ceil(max(bw / ow, 1.0))) * 2 + 3
+    wy = np.empty((oh, ky), np.int32)
+    fy = np.empty(oh, np.int64)
+    ny = np.empty(oh, np.int64)
+    wx = np.zeros((ow, kx), np.int64)  # zero past each pixel's taps: see the fixed-length loop below
+    fx = np.empty(ow, np.int64)
+    nx = np.empty(ow, np.int64)
+    _filter_taps(y0, bh, oh, ylo, yhi, _WB_V, fy, ny, wy)
+    _filter_taps(x0, bw, ow, xlo, xhi, _WB_H, fx, nx, wx)
+    c0 = fx[0]
+    c1 = c0
+    for o in range(ow):
+        c0 = min(c0, fx[o])
+        c1 = max(c1, fx[o] + nx[o])
+    npx = c1 - c0
+    span = npx * 3
+    base = c0 * 3
+    taps = 1
+    for o in range(ow):
+        taps = max(taps, nx[o])
+    rows = src.reshape(src.shape[0], src.shape[1] * 3)
+    acc = np.empty(span, np.int32)
+    packed = np.zeros(npx + taps, np.int64)  # zero tail: every pixel reads `taps` entries
+    line = np.empty(ow, np.int64)
+    half_v = np.int32(1 << (_WB_V - 1))
+    half_h = np.int64(1 << (_WB_H - 1))
+    init_h = half_h | (half_h << _LANE) | (half_h << (2 * _LANE))
+    lane_mask = np.int64((1 << _LANE) - 1)
+    # Loops index slices from 0 (never ``a[base + t]``): numba must otherwise allow for
+    # negative indices, and that check alone stops LLVM from vectorising the loop (~20x).
+    for oy in range(oh):
+        r = fy[oy]
+        w0 = wy[oy, 0]
+        s0 = rows[r, base:base + span]
+        for t in range(span):
+            acc[t] = half_v + w0 * np.int32(s0[t])
+        for k in range(1, ny[oy]):
+            wk = wy[oy, k]
+            sk = rows[r + k, base:base + span]
+            for t in range(span):
+                acc[t] += wk * np.int32(sk[t])
+        for p in range(npx):
+            packed[p] = (np.int64(acc[3 * p] >> _WB_V)
+                         | (np.int64(acc[3 * p + 1] >> _WB_V) << _LANE)
+                         | (np.int64(acc[3 * p + 2] >> _WB_V) << (2 * _LANE)))
+        for ox in range(ow):  # same trip count for every pixel: no mispredicted loop exits
+            a = fx[ox] - c0
+            seg = packed[a:a + taps]
+            wseg = wx[ox]
+            v = init_h
+            for k in range(taps):
+                v += wseg[k] * seg[k]
+            line[ox] = v
+        out = dst[oy]
+        for ox in range(ow):
+            v = line[ow - 1 - ox] if flip else line[ox]
+            out[ox, 0] = np.uint8((v & lane_mask) >> _WB_H)
+            out[ox, 1] = np.uint8(((v >> _LANE) & lane_mask) >> _WB_H)
+            out[ox, 2] = np.uint8(((v >> (2 * _LANE)) & lane_mask) >> _WB_H)
+
+
+@nb.njit(cache=True, nogil=True)
+def eval_box(height: int, width: int, size: int, resize: int) -> tuple[float, float, float, float]:
+    """The eval window ``(y0, x0, bh, bw)`` in source pixels.
+
+    It is the region that ``Resize(resize)`` (short side, long side truncated as
+    torchvision does) followed by ``CenterCrop(size)`` keeps; resizing it to
+    ``size x size`` with taps clamped to the whole image gives the same pixels.
+    """
+    if height <= width:
+        rh = resize
+        rw = int(resize * width / height)
+    else:
+        rw = resize
+        rh = int(resize * height / width)
+    top = int(np.rint((rh - size) / 2.0))
+    left = int(np.rint((rw - size) / 2.0))
+    sy = height / rh
+    sx = width / rw
+    return top * sy, left * sx, size * sy, size * sx
+
+
+@nb.njit(cache=True, nogil=True)
+def _dct_denominator(boxes: np.ndarray, size: int) -> int:
+    """Largest d in (8, 4, 2) with every window still >= ``size`` after a 1/d decode, else 1."""
+    d = 8
+    while d > 1:
+        ok = True
+        for v in range(boxes.shape[0]):
+            if boxes[v, 2] < size * d or boxes[v, 3] < size * d:
+                ok = False
+        if ok:
+            return d
+        d //= 2
+    return 1
+
+
+# --------------------------------------------------------------------------------------
+# Python-side helpers (tests, diagnostics)
+# --------------------------------------------------------------------------------------
+
+def resized_crop(img: np.ndarray, top: float, left: float, height: float, width: float, size: int,
+                 flip: bool = False, clamp_to_window: bool = True) -> np.ndarray:
+    """``resize_box`` on a ``(H, W, 3)`` uint8 array; returns a new ``(size, size, 3)`` array.
+
+    With ``clamp_to_window`` the filter sees only the window (torchvision's
+    ``resized_crop``); without, it may read the pixels around it (resize-then-crop).
+    """
+    img = np.ascontiguousarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"resized_crop expects an (H, W, 3) uint8 array, got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    if not (0 <= top and 0 <= left and height > 0 and width > 0
+            and top + height <= h + 1e-9 and left + width <= w + 1e-9):
+        raise ValueError(f"window (top={top}, left={left}, h={height}, w={width}) is not inside the {h}x{w} image")
+    if clamp_to_window:
+        ylo, yhi = int(math.floor(top)), min(h, int(math.ceil(top + height)))
+        xlo, xhi = int(math.floor(left)), min(w, int(math.ceil(left + width)))
+    else:
+        ylo, yhi, xlo, xhi = 0, h, 0, w
+    out = np.empty((size, size, 3), np.uint8)
+    resize_box(img, float(top), float(left), float(height), float(width), ylo, yhi, xlo, xhi, out, bool(flip))
+    return out
+
+
+def decode_jpeg(data: np.ndarray, height: int, width: int, denominator: int = 1) -> np.ndarray:
+    """Decode JPEG bytes with ffcv's libjpeg-turbo call, optionally at 1/denominator scale.
+
+    This is exactly the decode the loader runs (same library, same flags), so tests can
+    compare the loader's crops with torchvision applied to the same pixels.
+    """
+    require_ffcv()
+    if denominator not in (1, 2, 4, 8):
+        raise ValueError(f"denominator must be 1, 2, 4 or 8, got {denominator}")
+    sh = -(-height // denominator)
+    sw = -(-width // denominator)
+    out = np.empty(sh * sw * 3, np.uint8)
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    rc = _ffcv_imdecode(data, out, height, width, height, width, 0, 0, 1, denominator, False, False)
+    if rc != 0:
+        raise ValueError(f"libjpeg-turbo could not decode this JPEG (return code {rc})")
+    return out.reshape(sh, sw, 3)
+
+
+# --------------------------------------------------------------------------------------
+# File checks
+# --------------------------------------------------------------------------------------
+
+def check_beton(path: str | os.PathLike) -> int:
+    """Check that ``path`` is a complete fastairl .beton; return its number of samples."""
+    return len(_open_checked(path))
+
+
+def _open_checked(path: str | os.PathLike) -> BetonReader:
+    """A :class:`BetonReader` on ``path`` after the checks :func:`check_beton` promises.
+
+    ffcv itself trusts the header: a truncated file would be memory-mapped past its end
+    and crash the process (SIGBUS) mid-epoch. :class:`fastairl.data.beton.BetonReader`
+    checks header, field table, allocation table and every sample pointer; on top, the
+    two fields must be the ``image``/``label`` pair fastairl writes, with JPEG payloads.
+    """
+    try:
+        reader = BetonReader(path, image_field=IMAGE_FIELD, label_field=LABEL_FIELD)
+    except BetonError as e:
+        msg = str(e)
+        raise BetonError(msg if "write_ffcv" in msg else f"{msg}; {_REWRITE_HINT}") from None
+    if reader.field_names != [IMAGE_FIELD, LABEL_FIELD]:
+        raise BetonError(f"{path} has fields {reader.field_names}; fastairl writes exactly "
+                         f"['{IMAGE_FIELD}', '{LABEL_FIELD}']; {_REWRITE_HINT}")
+    if (reader.modes != JPEG_MODE).any():
+        raise BetonError(f"{path} stores some images as raw pixels; fastairl reads JPEG-mode files as "
+                         f"written by data_prep/write_ffcv.py; {_REWRITE_HINT}")
+    return reader
+
+
+def read_classes(root: str | os.PathLike) -> list[str]:
+    """Class names in label order from ``<root>/classes.json`` (written by write_ffcv)."""
+    classes = read_classes_json(root)
+    if classes is None:
+        raise FileNotFoundError(f"{Path(root) / 'classes.json'} not found; it is written beside the .beton "
+                                f"files by data_prep/write_ffcv.py; {_REWRITE_HINT}")
+    return classes
+
+
+def has_ffcv_files(root: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> bool:
+    """Whether ``root`` holds ``classes.json`` and ``<split>.beton`` for every split.
+
+    A cheap existence test for choosing a backend; :class:`FFCVLoader` checks contents.
+    """
+    r = Path(root)
+    return r.is_dir() and (r / "classes.json").is_file() and all((r / f"{s}.beton").is_file() for s in splits)
+
+
+# --------------------------------------------------------------------------------------
+# The ffcv operation
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CropView:
+    """What the decoder needs of one view: crop area range, aspect range, flip probability."""
+
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        s0, s1 = self.scale
+        r0, r1 = self.ratio
+        if not (0.0 < s0 <= s1 <= 1.0):
+            raise ValueError(f"crop scale {self.scale} must satisfy 0 < min <= max <= 1")
+        if not (0.0 < r0 <= r1):
+            raise ValueError(f"crop ratio {self.ratio} must satisfy 0 < min <= max")
+        if not (0.0 <= self.flip_p <= 1.0):
+            raise ValueError(f"flip_p {self.flip_p} must be in [0, 1]")
+
+
+class MultiViewCropDecoder(SimpleRGBImageDecoder):
+    """Decode each JPEG of an ``RGBImageField`` once and emit one resized crop per view.
+
+    It subclasses ffcv's ``SimpleRGBImageDecoder`` because ffcv recognises the first
+    operation of a pipeline as the field's decoder only if it is an instance of the
+    field's decoder class; everything the base class does is overridden.
+
+    Output per sample: ``(V, size, size, 3)`` uint8. ``views`` lists the random views
+    (:class:`CropView`); ``views=None`` selects the eval view (torchvision's
+    ``Resize(eval_resize)`` + ``CenterCrop(size)``, ``eval_resize`` defaulting to
+    :func:`~fastairl.data.recipes.eval_resize_size`). ``dct_scaling=False`` forces
+    full-size decodes.
+    """
+
+    def __init__(self, size: int, views: Sequence[CropView] | None, *, eval_resize: int | None = None,
+                 dct_scaling: bool = True) -> None:
+        require_ffcv()
+        super().__init__()
+        if int(size) < 1:
+            raise ValueError(f"output size must be >= 1, got {size}")
+        self.size = int(size)
+        self.views = tuple(views) if views is not None else None
+        if self.views is not None and not self.views:
+            raise ValueError("MultiViewCropDecoder needs at least one view (or views=None for eval)")
+        self.eval_resize = int(eval_resize) if eval_resize is not None else eval_resize_size(self.size)
+        if self.views is None and self.eval_resize < self.size:
+            raise ValueError(f"eval resize {self.eval_resize} is smaller than the crop {self.size}")
+        self.dct_scaling = bool(dct_scaling)
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.views is None else len(self.views)
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        shape = (self.num_views, self.size, self.size, 3)
+        dtype = np.dtype("<u1")
+        return replace(previous_state, jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(_ffcv_imdecode)
+        size = self.size
+        n_views = self.num_views
+        centre = self.views is None
+        resize = self.eval_resize
+        dct = self.dct_scaling
+        vs = self.views or (CropView((1.0, 1.0), (1.0, 1.0), 0.0),)
+        s_lo = np.array([v.scale[0] for v in vs], np.float64)
+        s_hi = np.array([v.scale[1] for v in vs], np.float64)
+        r_lo = np.array([min(v.ratio) for v in vs], np.float64)
+        r_hi = np.array([max(v.ratio) for v in vs], np.float64)
+        flip_p = np.array([v.flip_p for v in vs], np.float64)
+
+        def decode(batch_indices, destination, metadata, storage_state):
+            for ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[ix]]
+                data = mem_read(field["data_ptr"], storage_state)
+                height = np.int64(field["height"])
+                width = np.int64(field["width"])
+                boxes = np.empty((n_views, 4), np.float64)
+                if centre:
+                    y0, x0, bh, bw = eval_box(height, width, size, resize)
+                    boxes[0, 0] = y0
+                    boxes[0, 1] = x0
+                    boxes[0, 2] = bh
+                    boxes[0, 3] = bw
+                else:
+                    for v in range(n_views):
+                        t, l, h, w = sample_crop_nb(height, width, s_lo[v], s_hi[v], r_lo[v], r_hi[v])
+                        boxes[v, 0] = t
+                        boxes[v, 1] = l
+                        boxes[v, 2] = h
+                        boxes[v, 3] = w
+                d = 1
+                if dct:
+                    d = _dct_denominator(boxes, size)
+                sh = (height + d - 1) // d
+                sw = (width + d - 1) // d
+                buf = np.empty(sh * sw * 3, np.uint8)
+                imdecode_c(data, buf, height, width, height, width, 0, 0, 1, d, False, False)
+                img = buf.reshape(sh, sw, 3)
+                for v in range(n_views):
+                    y0 = boxes[v, 0] / d
+                    x0 = boxes[v, 1] / d
+                    bh = boxes[v, 2] / d
+                    bw = boxes[v, 3] / d
+                    if centre:
+                        ylo, yhi, xlo, xhi = 0, sh, 0, sw
+                        flip = False
+                    else:
+                        ylo = int(math.floor(y0))
+                        yhi = min(sh, int(math.ceil(y0 + bh)))
+                        xlo = int(math.floor(x0))
+                        xhi = min(sw, int(math.ceil(x0 + bw)))
+                        flip = np.random.random() < flip_p[v]
+                    resize_box(img, y0, x0, bh, bw, ylo, yhi, xlo, xhi, destination[ix, v], flip)
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+# --------------------------------------------------------------------------------------
+# The loader
+# --------------------------------------------------------------------------------------
+
+class _CheckedEpochIterator(EpochIterator):
+    """ffcv's epoch thread, except that an exception in it reaches the consumer.
+
+    ffcv's own thread dies silently on an error (e.g. a numba compile error) and leaves
+    the training loop blocked on its queue forever.
+    """
+
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer thread
+            self.error = e
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    pass
+
+
+class FFCVLoader:
+    """One rank's loader over ``<spec.root>/<spec.split>.beton`` (see fastairl.data.base).
+
+    Batches are ``([view_0, ..., view_{V-1}], labels)``: each view a fresh uint8 tensor
+    ``(B, 3, S, S)`` in **channels_last** memory format on ``spec.device`` (what the
+    trainer feeds the network), labels int64 ``(B,)``. Views are already flipped per
+    the recipe (``flipped = True``; eval views are never flipped). On CUDA the batch is
+    copied from ffcv's pinned buffers with ``non_blocking=True`` on ffcv's own streams.
+
+    Training (``spec.train``): shuffled, last partial batch dropped; ``QUASI_RANDOM``
+    order on one process (ffcv's page-aware shuffle), ``RANDOM`` with
+    ``distributed=True`` when ``world_size > 1`` (ffcv's only distributed shuffle: a
+    torch ``DistributedSampler`` seeded with ``spec.seed`` whose epoch is set by
+    :meth:`set_epoch`). Validation: one centre view, file order, nothing dropped (with
+    several ranks, ffcv's sampler pads the last shard with repeats, like torch's).
+
+    ``spec.extra`` keys: ``os_cache`` (default True: memory-map the file and let the OS
+    cache it; False reads it into this process), ``batches_ahead`` (default 3),
+    ``order`` ("quasi_random" or "random", one process only), ``dct_scaling``
+    (default True). ffcv sets torch's CPU thread count to ``spec.workers`` while it runs.
+    """
+
+    output = "uint8"
+    flipped = True
+
+    def __init__(self, spec: LoaderSpec) -> None:
+        require_ffcv()
+        self.spec = spec
+        extra = dict(spec.extra or {})
+        root = Path(spec.root)
+        if spec.split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {spec.split!r}")
+        if spec.batch_size < 1 or spec.image_size < 1:
+            raise ValueError(f"batch_size and image_size must be >= 1, got {spec.batch_size} and {spec.image_size}")
+        if spec.world_size < 1 or not 0 <= spec.rank < spec.world_size:
+            raise ValueError(f"rank {spec.rank} is not in [0, world_size={spec.world_size})")
+        self.path = root / f"{spec.split}.beton"
+        self.classes = read_classes(root)
+        self.num_classes = len(self.classes)
+        reader = _open_checked(self.path)
+        self.num_samples = len(reader)
+        if int(reader.labels.min()) < 0 or int(reader.labels.max()) >= self.num_classes:
+            raise BetonError(f"{self.path} has labels in [{int(reader.labels.min())}, {int(reader.labels.max())}] "
+                             f"but {root / 'classes.json'} names {self.num_classes} classes; the two files do not "
+                             f"belong together; {_REWRITE_HINT}")
+        del reader
+
+        if spec.train:
+            recipe = get_recipe(spec.recipe)
+            views: Sequence[CropView] | None = [CropView(tuple(v.crop_scale), tuple(v.crop_ratio), v.flip_p)
+                                                for v in recipe]
+        else:
+            views = None
+        decoder = MultiViewCropDecoder(spec.image_size, views, dct_scaling=bool(extra.get("dct_scaling", True)))
+        self.num_views = decoder.num_views
+
+        distributed = spec.world_size > 1
+        if distributed:
+            self._check_process_group()
+            order = OrderOption.RANDOM if spec.train else OrderOption.SEQUENTIAL
+        elif spec.train:
+            name = str(extra.get("order", "quasi_random")).lower()
+            orders = {"quasi_random": OrderOption.QUASI_RANDOM, "random": OrderOption.RANDOM}
+            if name not in orders:
+                raise ValueError(f"spec.extra['order']={name!r}; choose one of {sorted(orders)}")
+            order = orders[name]
+        else:
+            order = OrderOption.SEQUENTIAL
+
+        self.device = torch.device(spec.device)
+        tail = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
+        pipelines = {IMAGE_FIELD: [decoder, ToTensor(), *tail], LABEL_FIELD: [IntDecoder(), ToTensor(), *tail]}
+        try:
+            self._loader = _FFCVBaseLoader(
+                str(self.path), batch_size=spec.batch_size, num_workers=max(1, int(spec.workers)),
+                os_cache=bool(extra.get("os_cache", True)), order=order, distributed=distributed,
+                seed=int(spec.seed), pipelines=pipelines, drop_last=bool(spec.train),
+                batches_ahead=int(extra.get("batches_ahead", 3)))
+        except (ValueError, AssertionError, OSError, IndexError, KeyError) as e:
+            raise BetonError(f"ffcv cannot open {self.path} ({type(e).__name__}: {e}); {_REWRITE_HINT}") from e
+        pages = getattr(self._loader.traversal_order, "page_to_samples_array", None)
+        self._pristine_pages = pages.copy() if pages is not None else None
+        self._full_len = len(self._loader)
+        if self._full_len == 0:
+            raise ValueError(f"{self.path} has {self.num_samples} images: too few for a per-process batch of "
+                             f"{spec.batch_size} on {spec.world_size} process(es); lower the batch size")
+        self._epoch = 0
+        self._start_batch = 0
+
+    def _check_process_group(self) -> None:
+        """ffcv's distributed order asks torch.distributed for rank and world size."""
+        spec = self.spec
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"world_size={spec.world_size} needs torch.distributed initialised before the ffcv "
+                               "loader is built (ffcv's distributed order reads rank and world size from it); "
+                               "call init_process_group first")
+        if dist.get_world_size() != spec.world_size or dist.get_rank() != spec.rank:
+            raise ValueError(f"LoaderSpec says rank {spec.rank} of {spec.world_size} but torch.distributed says "
+                             f"rank {dist.get_rank()} of {dist.get_world_size()}")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch``'s order; skip its first ``start_batch`` batches (exact resume)."""
+        if epoch < 0 or start_batch < 0:
+            raise ValueError(f"epoch and start_batch must be >= 0, got {epoch} and {start_batch}")
+        self._epoch = int(epoch)
+        self._start_batch = int(start_batch)
+
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """Sample indices this rank reads in ``epoch`` (default: the epoch set), in order.
+
+        For the epoch set by :meth:`set_epoch`, the ``start_batch`` batches it skips are
+        left out.
+
+        A pure function of (seed, epoch, rank): ffcv's QUASI_RANDOM order shuffles its
+        page table in place, so each call would otherwise depend on the calls before it
+        (and a resumed run would not see the order it trained on); the pristine table
+        is restored before every draw.
+        """
+        e = self._epoch if epoch is None else int(epoch)
+        order_obj = self._loader.traversal_order
+        if self._pristine_pages is not None:
+            np.copyto(order_obj.page_to_samples_array, self._pristine_pages)
+        order = np.asarray(order_obj.sample_order(e))
+        bs = self.spec.batch_size
+        skip = self._start_batch if e == self._epoch else 0
+        return order[:self._full_len * bs][skip * bs:]
+
+    def __len__(self) -> int:
+        return max(self._full_len - self._start_batch, 0)
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        loader = self._loader
+        selected = self.epoch_indices()
+        if len(selected) == 0:
+            return
+        Compiler.set_num_threads(loader.num_workers)
+        if loader.code is None:
+            loader.generate_code()
+        it = _CheckedEpochIterator(loader, selected)
+        try:
+            for images, labels in it:
+                views = [images[:, v].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+                         for v in range(self.num_views)]
+                yield views, labels.reshape(-1).to(torch.int64, copy=True)
+        finally:
+            it.close()
+        if it.error is not None:
+            raise RuntimeError(f"ffcv's loading thread failed while reading {self.path}: "
+                               f"{type(it.error).__name__}: {it.error}") from it.error
+
+
+def build_ffcv_loader(spec: LoaderSpec) -> FFCVLoader:
+    """The ffcv backend for :mod:`fastairl.data`'s loader registry."""
+    return FFCVLoader(spec)
