@@ -4,17 +4,20 @@ so it follows the reference's way of doing things on purpose (CPU augmentation, 
 """
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms as T
 
 from .base import LoaderSpec
 from .recipes import MEAN, STD, ViewRecipe, eval_resize_size, get_recipe
 from .sampler import ResumableDistributedSampler
+
+log = logging.getLogger(__name__)
 
 
 class PILGaussianBlur:
@@ -87,6 +90,60 @@ def image_folder(split_dir: Path, transform=None) -> datasets.ImageFolder:
     return datasets.ImageFolder(str(split_dir), transform=transform)
 
 
+class BadDataError(RuntimeError):
+    """Too many unreadable images: the data needs fixing before training on."""
+
+
+def _sample_seed(seed: int, epoch: int, index: int, attempt: int) -> int:
+    # splitmix-style mixing: distinct, well-spread seeds for every (seed, epoch, index, try)
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + attempt) % 2**64
+    x ^= x >> 31
+    return x % 2**63
+
+
+class SeededSamples(Dataset):
+    """ImageFolder samples whose augmentation randomness depends on (seed, epoch, index)
+    only, not on which worker draws them or in which order: a run resumed mid-epoch (or
+    with another worker count) sees exactly the same views. An unreadable image is
+    replaced by the next readable one and reported (its index) with the sample."""
+
+    def __init__(self, base: datasets.ImageFolder, seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        if torch.utils.data.get_worker_info() is not None:
+            return self._get(index)
+        # in the main process (workers=0): leave the caller's RNG streams untouched
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                return self._get(index)
+            finally:
+                random.setstate(state)
+
+    def _get(self, index: int):
+        n = len(self.base)
+        bad, first_bad = 0, -1
+        for attempt in range(64):
+            j = (index + attempt) % n
+            path, label = self.base.samples[j]
+            s = _sample_seed(self.seed, self.epoch, j, attempt)
+            random.seed(s)
+            torch.manual_seed(s)
+            try:
+                img = self.base.loader(path)
+                views = self.base.transform(img) if self.base.transform is not None else img
+                return views, label, bad, first_bad
+            except (OSError, ValueError, SyntaxError):  # PIL: unreadable, truncated, foreign file
+                bad += 1
+                first_bad = j if first_bad < 0 else first_bad
+        raise BadDataError(f"64 consecutive unreadable images from {self.base.samples[index][0]} on; "
+                           f"check the dataset folder")
+
+
 class FolderLoader:
     output = "normalized"
     flipped = True
@@ -98,8 +155,9 @@ class FolderLoader:
             tf = MultiView([view_transform(v, spec.image_size) for v in get_recipe(spec.recipe)])
         else:
             tf = MultiView([eval_transform(spec.image_size)])
-        self.dataset = image_folder(split_dir, tf)
-        self.classes = list(self.dataset.classes)
+        self.image_folder = image_folder(split_dir, tf)
+        self.dataset = SeededSamples(self.image_folder, spec.seed * 7919 + spec.rank)
+        self.classes = list(self.image_folder.classes)
         self.num_classes = len(self.classes)
         self.sampler = ResumableDistributedSampler(len(self.dataset), spec.rank, spec.world_size, spec.batch_size,
                                                    shuffle=spec.train, drop_last=spec.train, seed=spec.seed)
@@ -108,6 +166,8 @@ class FolderLoader:
                              f"of {spec.batch_size} on {spec.world_size} process(es); lower --batch-size")
         self.device = torch.device(spec.device)
         self._epoch = 0
+        self.max_bad_share = float((spec.extra or {}).get("max_bad_share", 0.01))
+        self.bad_indices: set[int] = set()
         self._make_loader()
 
     def _make_loader(self):
@@ -115,27 +175,31 @@ class FolderLoader:
         self.loader = DataLoader(
             self.dataset, batch_size=spec.batch_size, sampler=self.sampler, num_workers=spec.workers,
             pin_memory=self.device.type == "cuda", drop_last=spec.train,
-            persistent_workers=False, worker_init_fn=_seed_worker,
-            generator=torch.Generator().manual_seed(spec.seed * 1000 + spec.rank),
-            prefetch_factor=4 if spec.workers > 0 else None,
+            persistent_workers=False, prefetch_factor=4 if spec.workers > 0 else None,
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self._epoch = epoch
         self.sampler.set_epoch(epoch, start_batch)
-        self.loader.generator.manual_seed(self.spec.seed * 1000003 + epoch * 1009 + self.spec.rank)
+        self.dataset.epoch = epoch  # workers get a fresh copy of the dataset per epoch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         nb = self.device.type == "cuda"
-        for views, labels in self.loader:
+        for views, labels, bad, first_bad in self.loader:
+            if bool(bad.any()):
+                self._note_bad(first_bad[bad > 0].tolist())
             yield [v.to(self.device, non_blocking=nb) for v in views], labels.to(self.device, non_blocking=nb)
 
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    import numpy as np
-    np.random.seed(seed)
+    def _note_bad(self, indices: list[int]) -> None:
+        for j in indices:
+            if j not in self.bad_indices:
+                self.bad_indices.add(j)
+                log.warning("unreadable image #%d skipped and replaced: %s", j, self.image_folder.samples[j][0])
+        limit = self.max_bad_share * len(self.dataset)
+        if len(self.bad_indices) > limit:
+            raise BadDataError(f"{len(self.bad_indices)} unreadable images in {Path(self.spec.root) / self.spec.split} "
+                               f"(more than {self.max_bad_share:.2%} of {len(self.dataset)}); fix or remove them, or "
+                               f"raise --set max_bad_share=...")
