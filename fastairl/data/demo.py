@@ -664,3 +664,37 @@ def ensure_demo_data(root: Path | None = None, seed: int = 0, *, train_per_class
                               overwrite=overwrite, workers=workers)
 
     return ensure_folder(out, params, explicit, build)
+
+
+def ensure_demo_packed(demo_root: Path) -> Path:
+    """The demo dataset packed for ffcv, in the cache folder ``make demo`` uses (built once).
+
+    ``--data demo`` names an image folder; the ffcv backend reads ``.beton`` files. The
+    packed copy lives at ``<cache>/<demo folder>-ffcv`` (``data_prep/demo.py`` writes the
+    same folder with the same settings), is written into a temporary sibling and renamed
+    into place under the demo's file lock, so concurrent runs and interrupted ones never
+    see a half-written file.
+    """
+    from fastairl.data.ffcv_writer import write_ffcv
+
+    packed = cache_dir() / f"{demo_root.name}-ffcv"
+
+    def ready() -> bool:
+        return all((packed / f).is_file() for f in ("train.beton", "val.beton", "classes.json"))
+
+    if ready():
+        return packed
+    with folder_lock(packed):
+        if ready():
+            return packed
+        log.warning("--data demo with the ffcv loader: packing the demo dataset into %s (one-off, cached)", packed)
+        tmp = packed.parent / f"{packed.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            write_ffcv(demo_root, tmp, max_side=256, quality=90, workers=2, progress=False)
+            if packed.exists():  # an incomplete folder from an interrupted writer
+                shutil.rmtree(packed)
+            tmp.rename(packed)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return packed
