@@ -26,17 +26,23 @@ def strip_prefix(sd: dict) -> dict:
     return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in sd.items()}
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``: a crash or
-    a full disk mid-write leaves the previous file intact."""
+def atomic_torch_save(obj, path: Path, verify: bool = False) -> None:
+    """Write to a temp file in the same folder, fsync, verify, then rename over ``path``: a
+    crash or a full disk mid-write leaves the previous file intact. ``verify`` re-opens the
+    temp file (memory-mapped, so cheap) and checks its size and top-level keys."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            except RuntimeError as e:  # torch's zip writer reports a failed write (disk full) this way
+                raise OSError(f"write failed: {str(e).splitlines()[0]}") from None
+        if verify:
+            _verify(tmp, obj)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
@@ -45,6 +51,17 @@ def atomic_torch_save(obj, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _verify(tmp: str, obj) -> None:
+    if os.path.getsize(tmp) == 0:
+        raise OSError(f"checkpoint temp file {tmp} is empty")
+    try:
+        back = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise OSError(f"checkpoint temp file {tmp} does not read back ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and set(back) != set(obj):
+        raise OSError(f"checkpoint temp file {tmp} reads back with other keys")
 
 
 def load(path: Path) -> dict:

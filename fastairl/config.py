@@ -73,6 +73,7 @@ class Config:
     seed: int = 0
     log_every: int = 10
     knn_every: int = 0
+    max_bad_share: float = 0.01       # stop when more than this share of the images is unreadable
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

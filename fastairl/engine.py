@@ -9,7 +9,10 @@ probe, logging, and checkpoints at each epoch end and at ``--max-steps``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import math
 import random
 import shutil
@@ -41,6 +44,27 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
+class CheckpointWriteError(UserError):
+    """The disk refused a checkpoint; the previous one is intact."""
+
+
+STOP_CHECK_EVERY = 5
+
+
+def code_version() -> str:
+    """A digest of fastairl's own source files, to catch ranks running different code."""
+    h = hashlib.sha1()
+    pkg = Path(__file__).resolve().parent
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 @dataclass
 class RunOptions:
     data: str = "demo"
@@ -55,6 +79,9 @@ class RunOptions:
     compile: bool = False
     workers: int | None = None
     progress: bool = True
+    save_every_steps: int = 0        # also checkpoint every N optimizer steps (0: epoch ends only)
+    until_step: int | None = None    # stop when the run's global step reaches N (resume-friendly)
+    skip_nonfinite: int = 0          # skip up to N steps with a non-finite loss/gradient instead of stopping
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,6 +146,7 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(opts.amp, self.device)
         self.stop_requested = False
+        self.nonfinite_skipped = 0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -126,12 +154,27 @@ class Trainer:
         if cfg.batch_size % d.world_size:
             raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world_size} processes")
         self.local_batch = cfg.batch_size // d.world_size
+        self._check_ranks_agree()
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restarts > 0 and not opts.resume:
+            # torchrun restarted the job after a failure: continue from the last checkpoint
+            last = Path(opts.output_dir) / cfg.name / "last.pth"
+            if last.is_file():
+                opts.resume = "auto"
+                log.warning("torchrun restart #%d: resuming from %s", restarts, last)
+            else:
+                opts.overwrite = True
+                log.warning("torchrun restart #%d: no checkpoint yet, starting the run again", restarts)
         self.data_root = resolve_data(opts.data)
         self.loader_name = choose_loader(opts.loader or cfg.loader, self.data_root, self.device.type)
+        if self.loader_name == "ffcv" and opts.data == "demo":
+            from .data.demo import ensure_demo_packed
+            self.data_root = ensure_demo_packed(self.data_root)
         workers = opts.workers if opts.workers is not None else cfg.workers
         spec = LoaderSpec(root=str(self.data_root), split="train", recipe=cfg.recipe, image_size=cfg.image_size,
                           batch_size=self.local_batch, rank=d.rank, world_size=d.world_size,
-                          device=str(self.device), workers=workers, seed=cfg.seed, train=True)
+                          device=str(self.device), workers=workers, seed=cfg.seed, train=True,
+                          extra={"max_bad_share": cfg.max_bad_share})
         self.loader = build_loader(self.loader_name, spec)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -221,6 +264,22 @@ class Trainer:
         if err:
             raise UserError(err)
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank must run the same experiment, batch and code; a mismatch (a stale
+        checkout on one node, different flags) is caught here, not as a hang later."""
+        if not self.dist.distributed:
+            return
+        mine = {"exp": self.cfg.name, "batch_size": self.cfg.batch_size, "config": _digest(self.cfg.to_dict()),
+                "code": code_version()}
+        allv = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(allv, mine)
+        for r, other in enumerate(allv):
+            diff = [k for k in mine if other[k] != allv[0][k]]
+            if diff:
+                k = diff[0]
+                raise UserError(f"rank {r} disagrees with rank 0 on {k}: {other[k]!r} vs {allv[0][k]!r}; start every "
+                                f"rank with the same code, --exp, --batch-size and --set flags")
+
     def _choose_num_classes(self) -> int:
         data_classes = self.loader.num_classes
         n = self.cfg.num_classes or data_classes
@@ -303,7 +362,12 @@ class Trainer:
         if self.probe is not None:
             ck["classifier"] = ckpt_io.add_prefix(self.probe.state_dict())
             ck["optimizer_cls"] = self.probe_opt.state_dict()
-        ckpt_io.atomic_torch_save(ck, self.run_dir / "last.pth")
+        path = self.run_dir / "last.pth"
+        try:
+            ckpt_io.atomic_torch_save(ck, path, verify=True)
+        except OSError as e:
+            raise CheckpointWriteError(f"could not write checkpoint {path} ({e.strerror or e}); the previous "
+                                       f"checkpoint is intact. Free disk space, then continue with --resume") from None
 
     # -------------------------------------------------------------------- loop
     def _set_lrs(self, step: int, epoch: int) -> float:
@@ -339,16 +403,18 @@ class Trainer:
         views = self._prepare_views(views)
         with self._autocast():
             loss, metrics, feats = self.ddp_model(views, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}; the last good "
-                                     f"checkpoint {self.run_dir / 'last.pth'} is intact")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
+            # fp16: the scaler skips steps whose gradients overflow; that is not an error
             self.scaler.scale(loss).backward()
+            if not self._finite(loss, None, step):
+                return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            if not self._finite(loss, self.optimizer, step):
+                return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.optimizer.step()
         self.model.after_step(step, self.total_steps)
         out = {"loss": loss.detach(), "lr": lr, **metrics}
@@ -363,6 +429,30 @@ class Trainer:
             out["probe_acc1"] = topk_acc(logits.detach(), labels, ks=(1,))[0]
         return out
 
+    def _finite(self, loss: torch.Tensor, optimizer, step: int) -> bool:
+        """One host sync per step: loss (and, without a scaler, the gradient norm) finite on
+        every rank. Non-finite: stop, or skip the step while --skip-nonfinite allows."""
+        bad = ~torch.isfinite(loss.detach().float())
+        if optimizer is not None:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                norms = torch._foreach_norm(grads)
+                bad = bad | ~torch.isfinite(torch.stack(norms).sum())
+        bad = bad.float().reshape(1)
+        if self.dist.distributed:
+            torch.distributed.all_reduce(bad)
+        if not bool(bad.item() > 0):
+            return True
+        self.nonfinite_skipped += 1
+        what = f"non-finite loss or gradient at step {step} (loss {loss.item():.4g})"
+        if self.nonfinite_skipped > self.opts.skip_nonfinite:
+            raise FloatingPointError(f"{what}; the last good checkpoint {self.run_dir / 'last.pth'} is intact"
+                                     + ("" if self.opts.skip_nonfinite else
+                                        " (--skip-nonfinite N skips up to N such steps)"))
+        log.warning("%s: step skipped (%d of at most %d)", what, self.nonfinite_skipped, self.opts.skip_nonfinite)
+        self.optimizer.zero_grad(set_to_none=True)
+        return False
+
     def fit(self) -> dict:
         cfg, opts = self.cfg, self.opts
         steps_this_run = 0
@@ -374,12 +464,14 @@ class Trainer:
             total = self.total_steps - self.global_step
             if max_steps is not None:
                 total = min(total, max_steps)
+            if opts.until_step is not None:
+                total = min(total, max(opts.until_step - self.global_step, 0))
             bar = tqdm(total=total, dynamic_ncols=True, desc=cfg.name, unit="step", mininterval=1.0)
         self._install_signal_handlers()
-        done = False
+        done = opts.until_step is not None and self.global_step >= opts.until_step
         epoch = self.start_epoch
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
+            for epoch in range(self.start_epoch, cfg.epochs if not done else self.start_epoch):
                 start_batch = self.start_batch if epoch == self.start_epoch else 0
                 self.loader.set_epoch(epoch, start_batch) if _accepts_start(self.loader) else self.loader.set_epoch(epoch)
                 self.model.train()
@@ -403,7 +495,8 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                     log_now = (self.global_step % cfg.log_every == 0 or batch_idx == self.steps_per_epoch
-                               or (max_steps is not None and steps_this_run >= max_steps))
+                               or (max_steps is not None and steps_this_run >= max_steps)
+                               or (opts.until_step is not None and self.global_step >= opts.until_step))
                     if log_now:
                         if self.device.type == "cuda":
                             torch.cuda.synchronize(self.device)
@@ -420,10 +513,16 @@ class Trainer:
                         if bar is not None:
                             bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
                         t0, n_img, t_wait = time.perf_counter(), 0, 0.0
-                    if (max_steps is not None and steps_this_run >= max_steps) or self._stop_now():
+                    stop = ((max_steps is not None and steps_this_run >= max_steps)
+                            or (opts.until_step is not None and self.global_step >= opts.until_step)
+                            or self._stop_now())
+                    if stop:
                         self.save_checkpoint(epoch, batch_idx)
                         done = True
                         break
+                    if (opts.save_every_steps and self.global_step % opts.save_every_steps == 0
+                            and batch_idx < self.steps_per_epoch):
+                        self.save_checkpoint(epoch, batch_idx)
                 if done:
                     break
                 self.save_checkpoint(epoch, self.steps_per_epoch)
@@ -451,10 +550,15 @@ class Trainer:
                 pass
 
     def _stop_now(self) -> bool:
-        """Every rank must agree to stop at the same step."""
+        """A pre-emption signal arrived on some rank. Every rank must stop at the same step,
+        so with several processes the flags are combined every STOP_CHECK_EVERY steps (one
+        tiny all-reduce, bounded delay) rather than every step."""
+        if not self.dist.distributed:
+            return self.stop_requested
+        if self.global_step % STOP_CHECK_EVERY:
+            return False
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
-        if self.dist.distributed:
-            torch.distributed.all_reduce(flag)
+        torch.distributed.all_reduce(flag)
         return bool(flag.item() > 0)
 
     @torch.no_grad()

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--seed", type=int, help="random seed (default: the experiment's, 0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--save-every-steps", type=int, default=0, metavar="N",
+                   help="also write last.pth every N steps (exact mid-epoch resume; default: epoch ends only)")
+    p.add_argument("--until-step", type=int, metavar="N", help="stop when the run's global step reaches N")
+    p.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                   help="skip up to N steps with a non-finite loss/gradient instead of stopping")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any experiment field, e.g. --set arch=resnet18 --set image_size=64")
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl import distributed as fdist
     from fastairl.config import ConfigError, apply_overrides, load_experiment
+    from fastairl.data.folder import BadDataError
     from fastairl.engine import RunOptions, Trainer, UserError
     from fastairl.logging_utils import setup_console
 
@@ -63,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         opts = RunOptions(data=args.data, output_dir=args.output_dir, device=args.device, amp=args.amp,
                           channels_last=args.channels_last, loader=args.loader, max_steps=args.max_steps,
                           resume=args.resume, overwrite=args.overwrite, compile=args.compile,
-                          workers=args.workers, progress=args.progress)
+                          workers=args.workers, progress=args.progress, save_every_steps=args.save_every_steps,
+                          until_step=args.until_step, skip_nonfinite=args.skip_nonfinite)
         trainer = Trainer(cfg, opts)
         trainer.setup()
         trainer.fit()
         return 0
-    except (ConfigError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (ConfigError, UserError, FileNotFoundError, NotADirectoryError, ValueError, BadDataError) as e:
         print(f"fastairl: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

@@ -39,6 +39,7 @@ orders seeded with ``spec.seed`` and the epoch).
 from __future__ import annotations
 
 import math
+import logging
 import os
 import queue
 from dataclasses import dataclass, replace
@@ -52,6 +53,8 @@ import torch
 from fastairl.data.base import LoaderSpec
 from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader, read_classes_json
 from fastairl.data.recipes import CROP_TRIES, eval_resize_size, get_recipe
+
+log = logging.getLogger(__name__)
 
 try:  # ffcv is a compiled extension with system library dependencies; fail late, clearly.
     from ffcv.fields.basics import IntDecoder
@@ -653,9 +656,14 @@ class FFCVLoader:
         self.device = torch.device(spec.device)
         tail = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
         pipelines = {IMAGE_FIELD: [decoder, ToTensor(), *tail], LABEL_FIELD: [IntDecoder(), ToTensor(), *tail]}
+        workers = max(1, int(spec.workers))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if workers > cpus:  # numba's thread pool refuses more threads than CPUs
+            log.warning("ffcv: %d workers requested but this machine has %d CPUs; using %d", workers, cpus, cpus)
+            workers = cpus
         try:
             self._loader = _FFCVBaseLoader(
-                str(self.path), batch_size=spec.batch_size, num_workers=max(1, int(spec.workers)),
+                str(self.path), batch_size=spec.batch_size, num_workers=workers,
                 os_cache=bool(extra.get("os_cache", True)), order=order, distributed=distributed,
                 seed=int(spec.seed), pipelines=pipelines, drop_last=bool(spec.train),
                 batches_ahead=int(extra.get("batches_ahead", 3)))

@@ -132,7 +132,7 @@ class SeededSamples(Dataset):
             path, label = self.base.samples[j]
             s = _sample_seed(self.seed, self.epoch, j, attempt)
             random.seed(s)
-            torch.manual_seed(s)
+            torch.default_generator.manual_seed(s)  # CPU transforms only; cheaper than torch.manual_seed
             try:
                 img = self.base.loader(path)
                 views = self.base.transform(img) if self.base.transform is not None else img
