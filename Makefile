@@ -1,5 +1,5 @@
 # fastairl: `make demo` and `make test` work on a fresh machine; both build .venv first.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
+from fastairl.data import LOADERS
 from fastairl.data.augment import normalize_uint8
 from fastairl.models.resnet import ARCHS, Encoder
 
@@ -386,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast for feature extraction (default: bf16 on GPUs that support it, off on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=["auto", "folder", "ffcv"], help="data backend")
+    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
     p.add_argument("--workers", type=int, default=4, help="loader worker processes per process")
     p.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
     return p

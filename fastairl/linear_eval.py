@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
+from fastairl.data import LOADERS
 from fastairl.data.augment import normalize_uint8
 from fastairl.knn import (ENCODER_CHOICES, gather_unique, load_encoder, shard_indices,
                           topk_hits)
@@ -610,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast for the backbone (default: bf16 on GPUs that support it, off on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=["auto", "folder", "ffcv"], help="data backend")
+    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
     p.add_argument("--workers", type=int, default=6, help="loader worker processes per process")
     p.add_argument("--max-steps", type=int, help="stop after N steps in this invocation (checkpoint + validation)")
     p.add_argument("--resume", nargs="?", const="auto",

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue: no value = <output-dir>/<exp>/last.pth; or a fastairl/reference checkpoint path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--seed", type=int, help="random seed (default: the experiment's, 0)")
+    p.add_argument("--knn-every", type=int, metavar="N", help="kNN top-1 on the val split every N epochs")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     p.add_argument("--save-every-steps", type=int, default=0, metavar="N",
                    help="also write last.pth every N steps (exact mid-epoch resume; default: epoch ends only)")
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_experiment(args.exp)
         overrides = list(args.overrides)
-        for flag, key in ((args.epochs, "epochs"), (args.batch_size, "batch_size"), (args.seed, "seed")):
+        for flag, key in ((args.epochs, "epochs"), (args.batch_size, "batch_size"), (args.seed, "seed"),
+                          (args.knn_every, "knn_every")):
             if flag is not None:
                 overrides.append(f"{key}={flag}")
         cfg = apply_overrides(cfg, overrides)
