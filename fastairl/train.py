@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (default: bf16 on GPUs that support it, off on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", help="data backend: auto, folder, ffcv (default: the experiment's, auto)")
+    p.add_argument("--loader", help="data backend: auto, folder, ffcv, nvjpeg, dali (default: the experiment's, auto)")
     p.add_argument("--workers", type=int, help="loader worker processes per process")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps in this invocation (checkpoint written)")
     p.add_argument("--resume", nargs="?", const="auto",

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-LOADERS = ("auto", "folder", "ffcv", "nvjpeg")
+LOADERS = ("auto", "folder", "ffcv", "nvjpeg", "dali")
 
 
 def resolve_data(arg: str) -> Path:
@@ -32,11 +32,20 @@ def has_packed(root: Path) -> bool:
 
 def choose_loader(name: str, root: Path, device_type: str) -> str:
     if name not in LOADERS:
-        raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
+        if name == "dali":
+        from .dali_loader import build_dali_loader
+        return build_dali_loader(spec)
+    raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
     if name != "auto":
         return name
     if device_type == "cuda":
-        log.info("--loader auto: GPU present, DALI not used: decoding with torchvision's nvJPEG (nvjpeg loader)")
+        from .dali_loader import dali_problem
+        why = dali_problem("cuda")
+        if why is None:
+            log.info("--loader auto: GPU present and NVIDIA DALI usable: decoding on the GPU with DALI (dali loader)")
+            return "dali"
+        log.info("--loader auto: GPU present but DALI cannot run (%s): decoding with torchvision's nvJPEG "
+                 "(nvjpeg loader)", why)
         return "nvjpeg"
     if has_packed(root):
         try:
@@ -60,4 +69,7 @@ def build_loader(name: str, spec):
     if name == "nvjpeg":
         from .nvjpeg_loader import build_nvjpeg_loader
         return build_nvjpeg_loader(spec)
+    if name == "dali":
+        from .dali_loader import build_dali_loader
+        return build_dali_loader(spec)
     raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
