@@ -32,10 +32,7 @@ def has_packed(root: Path) -> bool:
 
 def choose_loader(name: str, root: Path, device_type: str) -> str:
     if name not in LOADERS:
-        if name == "dali":
-        from .dali_loader import build_dali_loader
-        return build_dali_loader(spec)
-    raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
+        raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
     if name != "auto":
         return name
     if device_type == "cuda":
