@@ -401,18 +401,30 @@ class Trainer:
     def train_step(self, views, labels, step: int, epoch: int) -> dict:
         lr = self._set_lrs(step, epoch)
         views = self._prepare_views(views)
-        with self._autocast():
-            loss, metrics, feats = self.ddp_model(views, labels)
         self.optimizer.zero_grad(set_to_none=True)
+        parts = getattr(self.model, "loss_parts", 1)
+        loss, metrics, feats = 0.0, {}, None
+        for part in range(parts):
+            # a symmetric loss runs forward+backward per term: half the activation memory;
+            # DDP all-reduces once, after the last part's backward
+            sync = contextlib.nullcontext()
+            if part < parts - 1 and self.dist.distributed:
+                sync = self.ddp_model.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.ddp_model(views, labels, part=part) if parts > 1 else self.ddp_model(views, labels)
+                part_loss = out[0]
+                (self.scaler.scale(part_loss) if self.scaler is not None else part_loss).backward()
+            loss = loss + part_loss.detach()
+            if part == 0:
+                metrics, feats = out[1], out[2]
         if self.scaler is not None:
             # fp16: the scaler skips steps whose gradients overflow; that is not an error
-            self.scaler.scale(loss).backward()
             if not self._finite(loss, None, step):
                 return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if not self._finite(loss, self.optimizer, step):
                 return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.optimizer.step()

@@ -1,6 +1,8 @@
 """Losses, momentum, queue and ShuffleBN against direct computations."""
 import math
 
+import pytest
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -127,3 +129,39 @@ def test_moco_symmetric_step_enqueues_one_view():
     m.after_step(0, 10)
     assert torch.allclose(m.queue[:4], pending)
     assert torch.allclose(pending.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("exp", ["moco_v2p", "byol", "smoco_v2p"])
+def test_per_term_backward_equals_whole_loss(exp):
+    """The trainer runs a symmetric loss as two forward+backward parts (half the memory):
+    the summed loss, the gradients, the queue and the BN statistics must equal the
+    one-pass computation."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        results = []
+        for split in (False, True):
+            cfg = _small(exp)
+            torch.manual_seed(0)
+            m = build_method(cfg, "cpu", 10)
+            m.train()
+            g = torch.Generator().manual_seed(5)
+            views = [torch.randn(6, 3, 32, 32, generator=g) for _ in range(2)]
+            if split:
+                assert m.loss_parts == 2
+                l0 = m(views, part=0)[0]
+                l0.backward()
+                l1 = m(views, part=1)[0]
+                l1.backward()
+                loss = l0 + l1
+            else:
+                loss = m(views)[0]
+                loss.backward()
+            m.after_step(0, 10)
+            grads = {n: p.grad.clone() for n, p in m.online_encoder.named_parameters() if p.grad is not None}
+            results.append((loss.item(), grads, {k: v.clone() for k, v in m.state_dict().items()}))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    (la, ga, sa), (lb, gb, sb) = results
+    assert abs(la - lb) < 1e-10
+    assert set(ga) == set(gb) and all(torch.allclose(ga[n], gb[n], atol=1e-12, rtol=1e-9) for n in ga)
+    assert all(torch.allclose(sa[k].double(), sb[k].double(), atol=1e-12) for k in sa)

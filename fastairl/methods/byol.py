@@ -16,12 +16,25 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class BYOL(SiameseMethod):
-    def forward(self, views, labels=None):
+    #: the loss is a sum of two terms, each depending on one online view: the trainer runs
+    #: forward+backward per term (same gradients, half the activation memory)
+    loss_parts = 2
+
+    def forward(self, views, labels=None, part: int | None = None):
+        """``part=None``: the whole loss; ``part=0``: both target projections and the
+        first term; ``part=1`` (after part 0's backward): the second term."""
         x1, x2 = views[0], views[1]
+        if part == 1:
+            loss2 = byol_loss(self.online_encoder(x2), self._z1)
+            self._z1 = None
+            return loss2, {}, None
         p1, feat1 = self.online_encoder(x1, return_features=True)
-        p2 = self.online_encoder(x2)
         with torch.no_grad():
             z1 = self.target_encoder(x1)
             z2 = self.target_encoder(x2)
-        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        loss = byol_loss(p1, z2)
+        if part is None:
+            loss = loss + byol_loss(self.online_encoder(x2), z1)
+        else:
+            self._z1 = z1
         return loss, {}, feat1.detach()

@@ -70,6 +70,7 @@ class MoCo(SiameseMethod):
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
+        self._k1: torch.Tensor | None = None
         # identical on every rank: decides which view's keys are enqueued (v2+)
         self._view_gen = torch.Generator().manual_seed(cfg.seed + 7919)
         self._shuffle_gen = torch.Generator().manual_seed(cfg.seed + 104729)
@@ -84,23 +85,41 @@ class MoCo(SiameseMethod):
             k = self.target_encoder(x)
         return F.normalize(upcast(k), dim=1)
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None):
+    @property
+    def loss_parts(self) -> int:
+        """The symmetric loss is a sum of two terms, each depending on one online view only,
+        so the trainer may run forward+backward per term: same gradients, half the
+        activation memory (see :meth:`forward`)."""
+        return 2 if self.symmetric else 1
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None, part: int | None = None):
+        """``part=None``: the whole loss. ``part=0``: encodes the keys of both views and
+        returns the first term (online view 1 vs target view 2); ``part=1`` (after part 0's
+        backward): the second term (online view 2 vs target view 1). The queue is read, not
+        copied: it only changes in :meth:`after_step`, after every backward."""
         x1, x2 = views[0], views[1]
+        queue = self.queue.detach()
+        if part == 1:
+            q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
+            loss2, _ = info_nce(q2, self._k1, queue, self.temperature)
+            self._k1 = None
+            return loss2, {}, None
         q1, feat1 = self.online_encoder(x1, return_features=True)
         q1 = F.normalize(upcast(q1), dim=1)
-        queue = self.queue.clone().detach()
         if not self.symmetric:
             k2 = self._keys(x2)
             loss, logits = info_nce(q1, k2, queue, self.temperature)
             self._pending_keys = k2
         else:
-            q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
             k1, k2 = self._keys(x1), self._keys(x2)
-            loss1, logits = info_nce(q1, k2, queue, self.temperature)
-            loss2, _ = info_nce(q2, k1, queue, self.temperature)
-            loss = loss1 + loss2
+            loss, logits = info_nce(q1, k2, queue, self.temperature)
             pick = int(torch.randint(2, (1,), generator=self._view_gen))
             self._pending_keys = (k1, k2)[pick]
+            if part is None:
+                q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
+                loss = loss + info_nce(q2, k1, queue, self.temperature)[0]
+            else:
+                self._k1 = k1
         acc1, acc5 = topk_positive_acc(logits.detach())
         return loss, {"inst_acc1": acc1, "inst_acc5": acc5}, feat1.detach()
 
