@@ -84,6 +84,12 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
+#: ``--data demo`` is the built-in 1,000-image dataset for laptops and CI machines: unless
+#: the user sets them, the run uses these demo-scale values (a full ResNet-50 at 224 px
+#: with 256 images per step needs ~25 GB and minutes per step on a CPU). Heads, queue,
+#: optimiser and schedule keep the experiment's values.
+DEMO_SCALE = {"arch": "resnet18", "image_size": 64, "batch_size": 64}
+
 
 def available_experiments() -> list[str]:
     return sorted(p.stem for p in EXP_DIR.glob("*.py") if not p.stem.startswith("_"))
@@ -129,6 +135,12 @@ def _convert(key: str, raw: str):
     except ValueError:
         kind = type(default).__name__
         raise ConfigError(f"--set {key}={raw}: expected a value of type {kind}") from None
+
+
+def demo_scale_overrides(pairs: list[str]) -> list[str]:
+    """The DEMO_SCALE entries the user did not set in ``pairs`` (key=value strings)."""
+    given = {p.split("=", 1)[0].strip() for p in pairs or [] if "=" in p}
+    return [f"{k}={v}" for k, v in DEMO_SCALE.items() if k not in given]
 
 
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl import distributed as fdist
-    from fastairl.config import ConfigError, apply_overrides, load_experiment
+    from fastairl.config import ConfigError, apply_overrides, demo_scale_overrides, load_experiment
     from fastairl.data.folder import BadDataError
     from fastairl.engine import RunOptions, Trainer, UserError
     from fastairl.logging_utils import setup_console
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                           (args.knn_every, "knn_every")):
             if flag is not None:
                 overrides.append(f"{key}={flag}")
+        if args.data == "demo":
+            scale = demo_scale_overrides(overrides)
+            if scale:
+                logging.getLogger("fastairl").warning(
+                    "--data demo: demo-scale %s (set them with --set/--batch-size to change)", ", ".join(scale))
+            overrides = scale + overrides
         cfg = apply_overrides(cfg, overrides)
         if args.max_steps is not None and args.max_steps <= 0:
             raise ConfigError(f"--max-steps {args.max_steps}: must be > 0")
