@@ -65,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                           (args.knn_every, "knn_every")):
             if flag is not None:
                 overrides.append(f"{key}={flag}")
-        if args.data == "demo":
+        from fastairl.data.demo import is_demo_dataset
+        if args.data == "demo" or is_demo_dataset(args.data):
             scale = demo_scale_overrides(overrides)
             if scale:
                 logging.getLogger("fastairl").warning(
-                    "--data demo: demo-scale %s (set them with --set/--batch-size to change)", ", ".join(scale))
+                    "--data %s is the demo dataset: demo-scale %s (set them with --set/--batch-size to change)",
+                    args.data, ", ".join(scale))
             overrides = scale + overrides
         cfg = apply_overrides(cfg, overrides)
         if args.max_steps is not None and args.max_steps <= 0:

@@ -56,6 +56,21 @@ def test_torchrun_two_processes_and_resume(tmp_path, demo_root):
     assert ck2["fastairl"]["step"] == 4 and int(ck2["model"]["module.queue_ptr"]) == 32
 
 
+def test_demo_runs_at_demo_scale_unless_set(tmp_path, demo_root):
+    base = ["fastairl/train.py", "--exp", "byol", "--data", "demo", "--device", "cpu", "--max-steps", "1",
+            "--workers", "1", "--no-progress", "--set", "hidden_dim=64"]
+    res = run_cli(base + ["--output-dir", str(tmp_path / "a")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "is the demo dataset: demo-scale arch=resnet18, image_size=64, batch_size=64" in res.stderr
+    cfg = json.loads((tmp_path / "a" / "byol" / "config.json").read_text())
+    assert (cfg["arch"], cfg["image_size"], cfg["batch_size"]) == ("resnet18", 64, 64)
+    assert cfg["hidden_dim"] == 64 and cfg["queue_size"] == 65536  # only the scale fields change
+    res = run_cli(base + ["--output-dir", str(tmp_path / "b"), "--batch-size", "8", "--set", "image_size=32"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = json.loads((tmp_path / "b" / "byol" / "config.json").read_text())
+    assert (cfg["arch"], cfg["image_size"], cfg["batch_size"]) == ("resnet18", 32, 8)
+
+
 def test_existing_run_is_not_overwritten(tmp_path, demo_root):
     assert _train("byol", tmp_path).returncode == 0
     before = (tmp_path / "byol" / "last.pth").read_bytes()

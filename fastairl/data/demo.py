@@ -56,6 +56,7 @@ QUALITY_RANGE = (75, 95)
 
 SPLITS = ("train", "val")
 DONE_NAME = "DONE"
+DEMO_KIND = "fastairl-demo"
 
 # A fixed tag mixed into every per-image seed, so the demo's random streams never
 # coincide with another generator in this package seeded from the same small integers.
@@ -601,7 +602,7 @@ def ensure_folder(out: Path, params: dict, explicit: bool,
 def demo_params(seed: int = 0, train_per_class: int = 100, val_per_class: int = 20,
                 num_classes: int = 10) -> dict:
     """The parameters that identify a demo folder (what its DONE marker must hold)."""
-    return {"kind": "fastairl-demo", "version": DEMO_VERSION, "seed": int(seed),
+    return {"kind": DEMO_KIND, "version": DEMO_VERSION, "seed": int(seed),
             "train_per_class": int(train_per_class), "val_per_class": int(val_per_class),
             "num_classes": int(num_classes)}
 
@@ -680,9 +681,12 @@ def ensure_demo_packed(demo_root: Path) -> Path:
     packed = cache_dir() / f"{demo_root.name}-ffcv"
 
     def ready() -> bool:
-        return all((packed / f).is_file() for f in ("train.beton", "val.beton", "classes.json"))
+        return all((packed / f).is_file() for f in ("train.beton", "val.beton", "classes.json", DONE_NAME))
 
     if ready():
+        return packed
+    if all((packed / f).is_file() for f in ("train.beton", "val.beton", "classes.json")):
+        _mark_packed(demo_root, packed)  # packed by an earlier version without the marker
         return packed
     with folder_lock(packed):
         if ready():
@@ -692,9 +696,23 @@ def ensure_demo_packed(demo_root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             write_ffcv(demo_root, tmp, max_side=256, quality=90, workers=2, progress=False)
+            _mark_packed(demo_root, tmp)
             if packed.exists():  # an incomplete folder from an interrupted writer
                 shutil.rmtree(packed)
             tmp.rename(packed)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return packed
+
+
+def _mark_packed(demo_root: Path, packed: Path) -> None:
+    """The demo's DONE marker, copied beside the packed files (``is_demo_dataset``)."""
+    done = dict(read_done(demo_root) or {"kind": DEMO_KIND})
+    done["packed_from"] = str(demo_root)
+    (Path(packed) / DONE_NAME).write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+
+
+def is_demo_dataset(path: str | os.PathLike) -> bool:
+    """True for the built-in demo dataset, as an image folder or packed for ffcv."""
+    done = read_done(Path(path)) if Path(path).is_dir() else None
+    return bool(done) and done.get("kind") == DEMO_KIND
