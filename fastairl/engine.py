@@ -605,7 +605,7 @@ class Trainer:
     def knn_monitor(self, epoch: int) -> dict:
         from .knn import knn_eval_encoder
         res = knn_eval_encoder(self.model.online_encoder, self.data_root, self.cfg.image_size, self.local_batch,
-                               self.device, workers=2, amp_dtype=self.amp_dtype)
+                               self.device, workers=2, amp_dtype=self.amp_dtype, loader=self.loader_name)
         self.model.train()
         self.logger.log({"epoch": epoch + 1, "knn_acc1": res["acc1"], "knn_acc5": res["acc5"]},
                         self.global_step, prefix="knn")
