@@ -132,7 +132,8 @@ def _uses_channels_last(module: torch.nn.Module) -> bool:
             and w.is_contiguous(memory_format=torch.channels_last))
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``amp_dtype`` on ``device``, or nothing when AMP is off (``None``)."""
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
@@ -182,7 +183,7 @@ def extract_features(encoder: Encoder, loader, device: torch.device, amp_dtype: 
             x = normalize_uint8(x, channels_last=cl)
         elif cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             f = encoder.features(x)
         feats.append(F.normalize(f.float(), dim=1).to(store_dtype))
         labels.append(y.to(device=f.device, dtype=torch.int64))
@@ -367,28 +368,54 @@ def load_encoder(ckpt: str | None, encoder: str = "auto", arch: str = "auto", ra
 
 
 # --------------------------------------------------------------------------- CLI
+# The evaluation tools (this one, fastairl.linear_eval) take the same backbone and device
+# flags, read by the same functions (load_encoder, engine.resolve_device/resolve_amp), so
+# they are declared and checked here once.
+
+def add_encoder_flags(p: argparse.ArgumentParser, encoder_help: str) -> None:
+    """``--ckpt --data --encoder --arch --random-init``: which backbone, on which data (see :func:`load_encoder`)."""
+    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
+    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
+    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES, help=encoder_help)
+    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
+                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
+    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
+
+
+def add_device_flags(p: argparse.ArgumentParser, amp_what: str, workers: int) -> None:
+    """``--device --amp --channels-last/--no-channels-last --loader --workers``; ``amp_what`` says what autocasts."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help=f"autocast for {amp_what} (default: bf16 on GPUs that support it, off on CPU)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
+    p.add_argument("--workers", type=int, default=workers, help="loader worker processes per process")
+
+
+def check_positive_flags(flags: Iterable[tuple[str, float]], image_size: int) -> None:
+    """Raise ``UserError`` for the first ``(flag, value)`` that is not > 0, then for an ``--image-size`` under 32.
+
+    32 px is the least a ResNet's five stride-2 stages reduce to a 1x1 feature map.
+    """
+    from fastairl.engine import UserError
+    for flag, v in flags:
+        if v <= 0:
+            raise UserError(f"{flag} {v}: must be > 0")
+    if image_size < 32:
+        raise UserError(f"--image-size {image_size}: too small for a ResNet (use >= 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastairl.knn",
                                 description="Weighted kNN evaluation (k=200, T=0.07) of a checkpoint's backbone; "
                                             "single process or torchrun.")
-    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
-    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
-    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES,
-                   help="which encoder of the checkpoint (auto: online if present, else supervised, else target)")
-    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
-                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
-    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
+    add_encoder_flags(p, "which encoder of the checkpoint (auto: online if present, else supervised, else target)")
     p.add_argument("--image-size", type=int, default=224, help="centre-crop size (resize to 256/224 of it first)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size for feature extraction")
     p.add_argument("--k", type=int, default=200, help="neighbours per query")
     p.add_argument("--t", type=float, default=0.07, help="temperature of the exp(sim / T) weights")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast for feature extraction (default: bf16 on GPUs that support it, off on CPU)")
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
-    p.add_argument("--workers", type=int, default=4, help="loader worker processes per process")
+    add_device_flags(p, "feature extraction", workers=4)
     p.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
     return p
 
@@ -402,11 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_console(int(os.environ.get("RANK", "0")))
     try:
-        for flag, v in (("--image-size", args.image_size), ("--batch-size", args.batch_size), ("--k", args.k)):
-            if v <= 0:
-                raise UserError(f"{flag} {v}: must be > 0")
-        if args.image_size < 32:
-            raise UserError(f"--image-size {args.image_size}: too small for a ResNet (use >= 32)")
+        check_positive_flags((("--image-size", args.image_size), ("--batch-size", args.batch_size), ("--k", args.k)),
+                             args.image_size)
         if args.t <= 0:
             raise UserError(f"--t {args.t}: the temperature must be > 0")
         if args.workers < 0:

@@ -55,11 +55,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
-from fastairl.data import LOADERS
 from fastairl.data.augment import normalize_uint8
-from fastairl.knn import (ENCODER_CHOICES, gather_unique, load_encoder, shard_indices,
-                          topk_hits)
-from fastairl.models.resnet import ARCHS
+from fastairl.knn import (add_device_flags, add_encoder_flags, autocast, check_positive_flags, gather_unique,
+                          load_encoder, shard_indices, topk_hits)
 
 log = logging.getLogger("fastairl")
 
@@ -201,11 +199,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         except ValueError:
             raise UserError(f"--milestones {args.milestones}: expected comma-separated epochs, e.g. 60,80") from None
     s = Settings(eval_every=args.eval_every, **pre)
-    for flag, v in (("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", args.image_size)):
-        if v <= 0:
-            raise UserError(f"{flag} {v}: must be > 0")
-    if args.image_size < 32:
-        raise UserError(f"--image-size {args.image_size}: too small for a ResNet (use >= 32)")
+    check_positive_flags((("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", args.image_size)),
+                         args.image_size)
     if s.lr <= 0:
         raise UserError(f"--lr {s.lr}: must be > 0")
     if s.weight_decay < 0:
@@ -399,16 +394,11 @@ class LinearEval:
             atomic_torch_save(ck, self.run_dir / "best.pth")
 
     # ------------------------------------------------------------------ loop
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             f = self.backbone.features(x)
         return f.float()
 
@@ -476,6 +466,7 @@ class LinearEval:
         return res
 
     def fit(self) -> dict:
+        from fastairl.engine import _accepts_start
         s, a = self.s, self.args
         max_steps = a.max_steps
         steps_this_run = 0
@@ -574,26 +565,12 @@ class LinearEval:
         fdist.teardown()
 
 
-def _accepts_start(loader) -> bool:
-    import inspect
-    try:
-        return "start_batch" in inspect.signature(loader.set_epoch).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastairl.linear_eval",
                                 description="Linear evaluation of a frozen backbone (the reference protocol); "
                                             "single process or torchrun.")
-    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
-    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
-    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES,
-                   help="which encoder (auto: online if present, else supervised, else target)")
-    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
-                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
-    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
+    add_encoder_flags(p, "which encoder (auto: online if present, else supervised, else target)")
     p.add_argument("--bn", action="store_true", help="affine-free BatchNorm1d before the linear layer")
     p.add_argument("--large-norm-config", action="store_true",
                    help="lr 0.2 x batch/256, batch 1024, 80 epochs, Nesterov, cosine (for LARS-trained models)")
@@ -606,13 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="crop size")
     p.add_argument("--output-dir", default="outputs/linear", help="runs go to <output-dir>/<name>/")
     p.add_argument("--name", help="run name (default: <ckpt-stem>-<encoder>)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast for the backbone (default: bf16 on GPUs that support it, off on CPU)")
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
-    p.add_argument("--workers", type=int, default=6, help="loader worker processes per process")
+    add_device_flags(p, "the backbone", workers=6)
     p.add_argument("--max-steps", type=int, help="stop after N steps in this invocation (checkpoint + validation)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = <output-dir>/<name>/last.pth; or a path")
