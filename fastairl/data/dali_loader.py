@@ -117,26 +117,23 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import resource
-import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .base import LoaderSpec
-from .beton import JPEG_MODE, BetonReader, read_classes_json
-from .crop import sample_crops
+from .beton import JPEG_MODE
+from .jpeg_source import BetonSamples, FolderSamples, JpegLoaderBase
 from .nvjpeg_loader import jpeg_header
-from .recipes import eval_resize_size, get_recipe
-from .sampler import ResumableDistributedSampler
+from .recipes import eval_resize_size
 
 log = logging.getLogger(__name__)
 
@@ -279,26 +276,11 @@ def _identify(data: np.ndarray) -> _Item | _Bad:
         return _Bad(f"not a readable image ({type(e).__name__}: {e})")
 
 
-class _FolderSource:
-    """An ImageNet-style split folder, in torchvision ImageFolder's sample order and labels."""
+class _FolderSource(FolderSamples):
+    """An ImageNet-style split folder; files are read (by a thread pool) and sized from their headers."""
 
-    kind = "folder"
     needs_reads = True
-
-    def __init__(self, split_dir: Path) -> None:
-        from .folder import image_folder  # one-line errors for missing/empty folders
-        ds = image_folder(split_dir)
-        self.where = str(split_dir)
-        self.paths = [p for p, _ in ds.samples]
-        self.labels = np.asarray([t for _, t in ds.samples], dtype=np.int64)
-        self.classes = list(ds.classes)
-        self.max_hw: tuple[int, int] | None = None  # unknown without reading every file
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def describe(self, i: int) -> str:
-        return self.paths[i]
+    max_hw: tuple[int, int] | None = None  # unknown without reading every file
 
     def fetch(self, i: int) -> _Item | _Bad:
         try:
@@ -310,37 +292,14 @@ class _FolderSource:
         return _identify(data)
 
 
-class _BetonSource:
+class _BetonSource(BetonSamples):
     """A packed ffcv file: JPEG samples are zero-copy views of its memory map."""
 
-    kind = "beton"
     needs_reads = False
 
-    def __init__(self, path: Path) -> None:
-        self.reader = BetonReader(path)
-        self.where = str(path)
-        if self.reader.labels is None:
-            raise ValueError(f"{path} has no int label field (fields: {self.reader.field_types}); "
-                             f"pack it with data_prep/write_ffcv.py")
-        self.labels = np.asarray(self.reader.labels, dtype=np.int64)
-        if self.labels.min() < 0:
-            raise ValueError(f"{path} holds negative labels; pack it with data_prep/write_ffcv.py")
-        n_cls = int(self.labels.max()) + 1
-        classes = read_classes_json(path.parent)
-        if classes is None:
-            log.warning("dali loader: %s has no classes.json beside it; naming the %d classes by number", path, n_cls)
-            classes = [str(k) for k in range(n_cls)]
-        elif len(classes) < n_cls:
-            raise ValueError(f"{path.parent / 'classes.json'} names {len(classes)} classes but {path} holds "
-                             f"label {n_cls - 1}; the two files come from different packings")
-        self.classes = list(classes)
+    def __init__(self, path: Path, owner: str, logger: logging.Logger) -> None:
+        super().__init__(path, owner, logger)
         self.max_hw = (int(self.reader.heights.max()), int(self.reader.widths.max()))
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def describe(self, i: int) -> str:
-        return f"{self.where} sample {i}"
 
     def fetch(self, i: int) -> _Item | _Bad:
         r = self.reader
@@ -348,21 +307,6 @@ class _BetonSource:
         if r.modes[i] == JPEG_MODE:
             return _Item(r.jpeg(i), h, w)  # a view of the map: DALI reads the page cache directly
         return _Item(_ppm(r.raw(i)), h, w)
-
-
-def _open_source(spec: LoaderSpec) -> _FolderSource | _BetonSource:
-    root = Path(spec.root)
-    want = (spec.extra or {}).get("source", "auto")
-    packed = root / f"{spec.split}.beton"
-    folder = root / spec.split
-    if want not in ("auto", "beton", "folder"):
-        raise ValueError(f"dali loader: source={want!r} is unknown; use 'auto', 'beton' or 'folder'")
-    if want == "beton" or (want == "auto" and packed.is_file()):
-        return _BetonSource(packed)
-    if want == "folder" or folder.is_dir():
-        return _FolderSource(folder)
-    raise FileNotFoundError(f"--data {root}: neither {packed} nor the folder {folder} exists; give an "
-                            f"ImageNet-style folder (train/, val/) or one packed by data_prep/write_ffcv.py")
 
 
 # --------------------------------------------------------------------------------------
@@ -408,7 +352,7 @@ class _WeakFeed:
         return loader._feed()
 
 
-class DaliLoader:
+class DaliLoader(JpegLoaderBase):
     """One rank's loader: DALI decode (once per image) + a random-resized crop per view + flip.
 
     Honours :mod:`fastairl.data.base`: iterate for ``(views, labels)``, each view a uint8
@@ -420,8 +364,10 @@ class DaliLoader:
     ``pipeline_restarts`` (DALI failures recovered by finding and replacing the image).
     """
 
-    output = "uint8"
-    flipped = True
+    _owner = "dali loader"
+    _failure = _LoaderFailure
+    _folder_source = _FolderSource
+    _beton_source = _BetonSource
 
     def __init__(self, spec: LoaderSpec) -> None:
         global _warned_cpu
@@ -431,33 +377,10 @@ class DaliLoader:
             device = torch.device("cuda", torch.cuda.current_device())
         self.spec = spec
         self.device = device
-        if spec.batch_size <= 0:
-            raise ValueError(f"batch size {spec.batch_size} must be positive")
-        if spec.image_size <= 0:
-            raise ValueError(f"image size {spec.image_size} must be positive")
-        self.source = _open_source(spec)
-        self.classes = list(self.source.classes)
-        self.num_classes = len(self.classes)
-        self.num_samples = len(self.source)
-        self.recipe = get_recipe(spec.recipe) if spec.train else ()
-        self.sampler = ResumableDistributedSampler(self.num_samples, spec.rank, spec.world_size, spec.batch_size,
-                                                   shuffle=spec.train, drop_last=spec.train, seed=spec.seed)
-        if spec.train and self.sampler.per_rank == 0:
-            raise ValueError(f"{self.source.where} has {self.num_samples} images: too few for a per-process batch "
-                             f"of {spec.batch_size} on {spec.world_size} process(es); lower --batch-size")
-        extra = dict(spec.extra or {})
-        self.prefetch = int(extra.get("prefetch", DEFAULT_PREFETCH))
-        if self.prefetch < 1:
-            raise ValueError(f"dali loader: prefetch={self.prefetch} must be at least 1")
-        self.max_bad = int(extra.get("max_bad", max(16, self.num_samples // 100)))
-        self.threads = max(1, int(spec.workers))
-        self._extra = extra
+        self._extra = self._setup(spec, DEFAULT_PREFETCH)
         self._pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="dali-read") if self.source.needs_reads
                       else None)
-        self._lock = threading.Lock()
-        self.bad_samples: dict[int, str] = {}
         self.stats = {"bad_samples": 0, "replacements": 0, "pipeline_restarts": 0}
-        self._epoch = 0
         self._feed_state: _EpochFeed | None = None
         self._inflight: deque[_Fed] = deque()
         self._consumed: _Fed | None = None
@@ -537,49 +460,6 @@ class DaliLoader:
         return pipe
 
     # ------------------------------------------------------------------ contract
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select epoch ``epoch``'s shard order; skip its first ``start_batch`` batches (resume)."""
-        if start_batch < 0:
-            raise ValueError(f"start_batch {start_batch} must be >= 0")
-        self._epoch = int(epoch)
-        self.sampler.set_epoch(self._epoch, int(start_batch))
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        b = self.spec.batch_size
-        return n // b if self.spec.train else math.ceil(n / b)
-
-    def batch_indices(self) -> list[list[int]]:
-        """Dataset indices of each batch the next pass yields (current epoch, after start_batch).
-
-        Batch ``k`` holds exactly these samples in this order, unless an undecodable
-        sample was replaced; useful to audit sharding and resume.
-        """
-        idx = self.sampler.indices()
-        b = self.spec.batch_size
-        batches = [idx[k:k + b] for k in range(0, len(idx), b)]
-        if self.spec.train:
-            batches = [x for x in batches if len(x) == b]
-        return batches
-
-    def crop_params(self, epoch: int, batch_no: int, heights: Sequence[int] | np.ndarray,
-                    widths: Sequence[int] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per view, the crop windows ``(N, 4)`` (top, left, h, w) and flip flags ``(N,)`` of a batch.
-
-        Drawn with torchvision's RandomResizedCrop rule from a generator seeded by (seed,
-        epoch, rank, batch number) only: a resumed run replays the same windows, and the
-        ``nvjpeg`` backend draws the same ones for the same batch.
-        """
-        rng = np.random.default_rng([self.spec.seed % 2**63, int(epoch), self.spec.rank, int(batch_no)])
-        hs = np.asarray(heights, dtype=np.int64)
-        ws = np.asarray(widths, dtype=np.int64)
-        out = []
-        for v in self.recipe:
-            boxes = sample_crops(hs, ws, v.crop_scale, v.crop_ratio, rng)
-            flips = rng.random(hs.shape[0]) < v.flip_p
-            out.append((boxes, flips))
-        return out
-
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         self._drain()
         batches = self.batch_indices()
@@ -761,41 +641,18 @@ class DaliLoader:
             got = [self.source.fetch(i) for i in ids]
         for pos, g in enumerate(got):
             if isinstance(g, _Bad) or ids[pos] in self.bad_samples:
-                if isinstance(g, _Bad):
+                if ids[pos] not in self.bad_samples:  # newly found bad (known ones are already counted)
                     self._mark_bad(ids[pos], g.reason)
                 ids[pos], got[pos] = self._replacement(ids[pos])
         return got, ids
 
-    def _mark_bad(self, i: int, reason: str) -> None:
-        with self._lock:
-            if i in self.bad_samples:
-                return
-            self.bad_samples[i] = reason
-            self.stats["bad_samples"] = len(self.bad_samples)
-            log.warning("dali loader: cannot decode %s (%s); replacing it with another sample",
-                        self.source.describe(i), reason)
-            too_many = len(self.bad_samples) > self.max_bad
-        if too_many:
-            raise _LoaderFailure(f"dali loader: {len(self.bad_samples)} images in {self.source.where} could not be "
-                                 f"read or decoded (more than {self.max_bad}); the dataset looks damaged, first one: "
-                                 f"{self.source.describe(min(self.bad_samples))}")
-
     def _replacement(self, i: int) -> tuple[int, _Item]:
         """The next decodable sample after ``i`` (deterministic, so every rank agrees)."""
-        n = self.num_samples
-        j = i
-        for _ in range(n):
-            j = (j + 1) % n
-            if j in self.bad_samples:
-                continue
-            got = self.source.fetch(j)
-            if isinstance(got, _Bad):
-                self._mark_bad(j, got.reason)
-                continue
-            with self._lock:
-                self.stats["replacements"] += 1
-            return j, got
-        raise _LoaderFailure(f"dali loader: no image in {self.source.where} can be decoded")
+        return self._next_decodable(i, self._fetched_or_reason)
+
+    def _fetched_or_reason(self, i: int) -> tuple[_Item | None, str | None]:
+        got = self.source.fetch(i)
+        return (None, got.reason) if isinstance(got, _Bad) else (got, None)
 
     # recovery from a decode failure inside DALI ------------------------------------------
     def _recover(self, err: RuntimeError, feed: _EpochFeed) -> None:

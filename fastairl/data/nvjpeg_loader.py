@@ -42,7 +42,6 @@ import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -51,10 +50,10 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .base import LoaderSpec
-from .beton import JPEG_MODE, BetonReader, read_classes_json
-from .crop import crop_resize, sample_crops
-from .recipes import eval_resize_size, get_recipe
-from .sampler import ResumableDistributedSampler
+from .beton import JPEG_MODE
+from .crop import crop_resize
+from .jpeg_source import BetonSamples, FolderSamples, JpegLoaderBase
+from .recipes import eval_resize_size
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +153,8 @@ def decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
 # Sources of compressed bytes
 # --------------------------------------------------------------------------------------
 
-class _FolderSource:
-    """An ImageNet-style split folder, in torchvision ImageFolder's sample order."""
-
-    kind = "folder"
-
-    def __init__(self, split_dir: Path) -> None:
-        from .folder import image_folder  # one-line errors for missing/empty folders
-        ds = image_folder(split_dir)
-        self.where = str(split_dir)
-        self.paths = [p for p, _ in ds.samples]
-        self.labels = np.asarray([t for _, t in ds.samples], dtype=np.int64)
-        self.classes = list(ds.classes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def describe(self, i: int) -> str:
-        return self.paths[i]
+class _FolderSource(FolderSamples):
+    """An ImageNet-style split folder; each sample is its file's bytes."""
 
     def read(self, i: int) -> torch.Tensor:
         """The file's bytes in a fresh 1-D uint8 tensor (one copy, straight from the kernel)."""
@@ -182,36 +165,8 @@ class _FolderSource:
         return out if got == size else out[:got]
 
 
-class _BetonSource:
+class _BetonSource(BetonSamples):
     """A packed ffcv file; raw-mode samples come back already decoded as (3, H, W)."""
-
-    kind = "beton"
-
-    def __init__(self, path: Path) -> None:
-        self.reader = BetonReader(path)
-        self.where = str(path)
-        if self.reader.labels is None:
-            raise ValueError(f"{path} has no int label field (fields: {self.reader.field_types}); "
-                             f"pack it with data_prep/write_ffcv.py")
-        self.labels = np.asarray(self.reader.labels, dtype=np.int64)
-        if self.labels.min() < 0:
-            raise ValueError(f"{path} holds negative labels; pack it with data_prep/write_ffcv.py")
-        classes = read_classes_json(path.parent)
-        n_cls = int(self.labels.max()) + 1
-        if classes is None:
-            log.warning("nvjpeg loader: %s has no classes.json beside it; naming the %d classes by number",
-                        path, n_cls)
-            classes = [str(k) for k in range(n_cls)]
-        elif len(classes) < n_cls:
-            raise ValueError(f"{path.parent / 'classes.json'} names {len(classes)} classes but {path} holds "
-                             f"label {n_cls - 1}; the two files come from different packings")
-        self.classes = classes
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def describe(self, i: int) -> str:
-        return f"{self.where} sample {i}"
 
     def read(self, i: int) -> torch.Tensor:
         if self.reader.modes[i] == JPEG_MODE:
@@ -220,21 +175,6 @@ class _BetonSource:
             out.numpy()[:] = view  # the page faults (disk reads) happen here, in a pool thread
             return out
         return torch.from_numpy(np.array(self.reader.raw(i))).permute(2, 0, 1)
-
-
-def _open_source(spec: LoaderSpec) -> _FolderSource | _BetonSource:
-    root = Path(spec.root)
-    want = (spec.extra or {}).get("source", "auto")
-    packed = root / f"{spec.split}.beton"
-    folder = root / spec.split
-    if want not in ("auto", "beton", "folder"):
-        raise ValueError(f"nvjpeg loader: source={want!r} is unknown; use 'auto', 'beton' or 'folder'")
-    if want == "beton" or (want == "auto" and packed.is_file()):
-        return _BetonSource(packed)
-    if want == "folder" or folder.is_dir():
-        return _FolderSource(folder)
-    raise FileNotFoundError(f"--data {root}: neither {packed} nor the folder {folder} exists; give an "
-                            f"ImageNet-style folder (train/, val/) or one packed by data_prep/write_ffcv.py")
 
 
 # --------------------------------------------------------------------------------------
@@ -253,7 +193,7 @@ class _Failure:
         self.exc = exc
 
 
-class NvJpegLoader:
+class NvJpegLoader(JpegLoaderBase):
     """One rank's loader: nvJPEG batch decode + per-view random-resized crop + flip.
 
     Honours :mod:`fastairl.data.base`: iterate for ``(views, labels)`` with uint8 views
@@ -266,8 +206,9 @@ class NvJpegLoader:
     ``cpu_decodes`` (images the GPU decoder passed to the CPU).
     """
 
-    output = "uint8"
-    flipped = True
+    _owner = "nvjpeg loader"
+    _folder_source = _FolderSource
+    _beton_source = _BetonSource
 
     def __init__(self, spec: LoaderSpec) -> None:
         global _warned_cpu
@@ -281,30 +222,8 @@ class NvJpegLoader:
                 self.device = torch.device("cuda", torch.cuda.current_device())
         elif self.device.type != "cpu":
             raise ValueError(f"nvjpeg loader: device {spec.device!r} is not supported; use cuda or cpu")
-        if spec.batch_size <= 0:
-            raise ValueError(f"batch size {spec.batch_size} must be positive")
-        if spec.image_size <= 0:
-            raise ValueError(f"image size {spec.image_size} must be positive")
-        self.source = _open_source(spec)
-        self.classes = list(self.source.classes)
-        self.num_classes = len(self.classes)
-        self.num_samples = len(self.source)
-        self.recipe = get_recipe(spec.recipe) if spec.train else ()
-        self.sampler = ResumableDistributedSampler(self.num_samples, spec.rank, spec.world_size, spec.batch_size,
-                                                   shuffle=spec.train, drop_last=spec.train, seed=spec.seed)
-        if spec.train and self.sampler.per_rank == 0:
-            raise ValueError(f"{self.source.where} has {self.num_samples} images: too few for a per-process batch "
-                             f"of {spec.batch_size} on {spec.world_size} process(es); lower --batch-size")
-        extra = spec.extra or {}
-        self.prefetch = int(extra.get("prefetch", DEFAULT_PREFETCH))
-        if self.prefetch < 1:
-            raise ValueError(f"nvjpeg loader: prefetch={self.prefetch} must be at least 1")
-        self.max_bad = int(extra.get("max_bad", max(16, self.num_samples // 100)))
-        self.threads = max(1, int(spec.workers))
+        self._setup(spec, DEFAULT_PREFETCH)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvjpeg-read")
-        self._epoch = 0
-        self._lock = threading.Lock()
-        self.bad_samples: dict[int, str] = {}
         self._cpu_only: set[int] = set()
         self.stats = {"bad_samples": 0, "replacements": 0, "cpu_decodes": 0}
         if self.device.type == "cpu" and not _warned_cpu:
@@ -315,52 +234,9 @@ class NvJpegLoader:
                  self.num_samples, spec.split, self.source.where, self.source.kind, len(self), spec.rank)
 
     # ------------------------------------------------------------------ contract
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select epoch ``epoch``'s shard order; skip its first ``start_batch`` batches (resume)."""
-        if start_batch < 0:
-            raise ValueError(f"start_batch {start_batch} must be >= 0")
-        self._epoch = int(epoch)
-        self.sampler.set_epoch(self._epoch, int(start_batch))
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        b = self.spec.batch_size
-        return n // b if self.spec.train else math.ceil(n / b)
-
     def close(self) -> None:
         """Stop the read/decode threads (the loader cannot be iterated afterwards)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def batch_indices(self) -> list[list[int]]:
-        """Dataset indices of each batch this rank yields next (the current epoch, after start_batch).
-
-        Before a decode failure replaces a sample, batch ``k`` of iteration holds exactly
-        these samples in this order; useful to audit sharding and resume.
-        """
-        idx = self.sampler.indices()
-        b = self.spec.batch_size
-        batches = [idx[k:k + b] for k in range(0, len(idx), b)]
-        if self.spec.train:
-            batches = [x for x in batches if len(x) == b]
-        return batches
-
-    def crop_params(self, epoch: int, batch_no: int, heights: Sequence[int] | np.ndarray,
-                    widths: Sequence[int] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per view, the crop windows ``(N, 4)`` (top, left, h, w) and flip flags ``(N,)`` of a batch.
-
-        Drawn with torchvision's RandomResizedCrop rule (the view's scale and ratio) from a
-        generator seeded by (seed, epoch, rank, batch number) only, so the same batch of a
-        resumed run gets the same windows, and a GPU run the same as its CPU twin.
-        """
-        rng = np.random.default_rng([self.spec.seed % 2**63, int(epoch), self.spec.rank, int(batch_no)])
-        hs = np.asarray(heights, dtype=np.int64)
-        ws = np.asarray(widths, dtype=np.int64)
-        out = []
-        for v in self.recipe:
-            boxes = sample_crops(hs, ws, v.crop_scale, v.crop_ratio, rng)
-            flips = rng.random(hs.shape[0]) < v.flip_p
-            out.append((boxes, flips))
-        return out
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         batches = self.batch_indices()
@@ -518,31 +394,13 @@ class NvJpegLoader:
 
     def _replacement(self, i: int, err: DecodeError) -> tuple[int, torch.Tensor]:
         """Mark ``i`` bad (log once) and return the next decodable sample after it."""
-        n = self.num_samples
-        j, reason = i, err
-        for _ in range(n):
-            with self._lock:
-                if j not in self.bad_samples:
-                    self.bad_samples[j] = str(reason)
-                    self.stats["bad_samples"] = len(self.bad_samples)
-                    log.warning("nvjpeg loader: cannot decode %s (%s); replacing it with another sample",
-                                self.source.describe(j), reason)
-                too_many = len(self.bad_samples) > self.max_bad
-            if too_many:
-                raise RuntimeError(f"nvjpeg loader: {len(self.bad_samples)} images in {self.source.where} could "
-                                   f"not be read or decoded (more than {self.max_bad}); the dataset looks damaged, "
-                                   f"first one: {self.source.describe(min(self.bad_samples))}")
-            j = (j + 1) % n
-            if j in self.bad_samples:
-                continue
-            img = self._read_and_decode_cpu(j)
-            if isinstance(img, DecodeError):
-                reason = img
-                continue
-            with self._lock:
-                self.stats["replacements"] += 1
-            return j, (img.to(self.device) if self.device.type == "cuda" else img)
-        raise RuntimeError(f"nvjpeg loader: no image in {self.source.where} can be decoded")
+        self._mark_bad(i, str(err))
+        j, img = self._next_decodable(i, self._decoded_or_reason)
+        return j, (img.to(self.device) if self.device.type == "cuda" else img)
+
+    def _decoded_or_reason(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        img = self._read_and_decode_cpu(i)
+        return (None, str(img)) if isinstance(img, DecodeError) else (img, None)
 
     def _crop_views(self, imgs: list[torch.Tensor], boxes: np.ndarray, size: int, flips: np.ndarray) -> torch.Tensor:
         """One view of the batch: crop+resize every image, then flip the chosen ones."""
