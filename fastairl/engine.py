@@ -143,6 +143,7 @@ class Trainer:
         self.dist = fdist.init(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(opts.amp, self.device)
         self.stop_requested = False
