@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader", default="auto", help="auto: ffcv when installed, else folder")
     p.add_argument("--keep", action="store_true", help="refuse to replace an existing demo run")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours (the demo has 100 train images per class)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra experiment overrides after the demo's own")
     args = p.parse_args(argv)
 
     from fastairl.data import resolve_data
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
            "--output-dir", args.output_dir, "--device", args.device, "--workers", "2"]
     if not args.keep:
         cmd.append("--overwrite")
-    for s in DEMO_OVERRIDES:
+    for s in DEMO_OVERRIDES + args.overrides:
         cmd += ["--set", s]
     print("[demo] pre-training:", " ".join(cmd[1:]), flush=True)
     res = subprocess.run(cmd, cwd=REPO)

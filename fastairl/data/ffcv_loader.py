@@ -56,6 +56,9 @@ from fastairl.data.recipes import CROP_TRIES, eval_resize_size, get_recipe
 
 log = logging.getLogger(__name__)
 
+# ffcv's compiler sets torch's thread count to 1 when imported (and to the worker count
+# when a loader is built); the training process's own torch threads must not change.
+_TORCH_THREADS = torch.get_num_threads()
 try:  # ffcv is a compiled extension with system library dependencies; fail late, clearly.
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
@@ -72,6 +75,7 @@ except (ImportError, OSError) as _e:  # OSError: libturbojpeg / libopencv missin
     _FFCV_IMPORT_ERROR = _e
     SimpleRGBImageDecoder = object  # type: ignore[assignment,misc]
     EpochIterator = object  # type: ignore[assignment,misc]
+torch.set_num_threads(_TORCH_THREADS)
 
 __all__ = [
     "BetonError", "CropView", "FFCVLoader", "MultiViewCropDecoder", "build_ffcv_loader",
@@ -661,6 +665,7 @@ class FFCVLoader:
         if workers > cpus:  # numba's thread pool refuses more threads than CPUs
             log.warning("ffcv: %d workers requested but this machine has %d CPUs; using %d", workers, cpus, cpus)
             workers = cpus
+        threads = torch.get_num_threads()
         try:
             self._loader = _FFCVBaseLoader(
                 str(self.path), batch_size=spec.batch_size, num_workers=workers,
@@ -669,6 +674,8 @@ class FFCVLoader:
                 batches_ahead=int(extra.get("batches_ahead", 3)))
         except (ValueError, AssertionError, OSError, IndexError, KeyError) as e:
             raise BetonError(f"ffcv cannot open {self.path} ({type(e).__name__}: {e}); {_REWRITE_HINT}") from e
+        finally:
+            torch.set_num_threads(threads)
         pages = getattr(self._loader.traversal_order, "page_to_samples_array", None)
         self._pristine_pages = pages.copy() if pages is not None else None
         self._full_len = len(self._loader)
