@@ -41,8 +41,13 @@ def init(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, init_method="env://",
-                                timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        # After a torchrun restart the agent's store still holds the dead generation's keys;
+        # a per-restart prefix keeps the new process group from connecting to them.
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        store = dist.PrefixStore(f"fastairl/restart{restart}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
 
 

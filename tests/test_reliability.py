@@ -123,7 +123,15 @@ def _worker_pids(out_dir: Path, rank: int) -> list[int]:
         if any(str(out_dir).encode() == c for c in cmd) and f"RANK={rank}".encode() in env \
                 and any(c.endswith(b"fastairl/train.py") for c in cmd):
             pids.append(int(d.name))
-    return pids
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    # the rank process itself, not its DataLoader workers (forked children with the same command)
+    return [p for p in pids if parent(p) not in pids]
 
 
 def test_torchrun_restart_resumes_by_itself(small_data, tmp_path):
