@@ -204,11 +204,11 @@ def child_pids(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         parents.setdefault(ppid, []).append(int(name))
-    out, todo = [], [pid]
-    while todo:
-        for c in parents.get(todo.pop(), []):
+    out, pending = [], [pid]
+    while pending:
+        for c in parents.get(pending.pop(), []):
             out.append(c)
-            todo.append(c)
+            pending.append(c)
     return out
 
 
