@@ -61,6 +61,30 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
+def prepare_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool,
+                    where: str = "--output-dir") -> None:
+    """Create the run folder, never replacing a run without ``overwrite``. Rank 0 decides and
+    every rank learns the verdict, so all exit together on error. ``where`` names the
+    flags that choose the folder, for the message."""
+    err = None
+    if is_main:
+        rd = Path(run_dir)
+        if rd.exists() and not rd.is_dir():
+            err = f"output path {rd} is a file; choose another {where}"
+        else:
+            exists = rd.exists() and any(rd.iterdir())
+            if exists and not (resume or overwrite):
+                err = (f"output folder {rd} already holds a run; pass --resume to continue it or "
+                       f"--overwrite to replace it (or choose another {where})")
+            elif exists and overwrite and not resume:
+                shutil.rmtree(rd)
+        if err is None:
+            rd.mkdir(parents=True, exist_ok=True)
+    err = fdist.broadcast_object(err)
+    if err:
+        raise UserError(err)
+
+
 def _digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -249,21 +273,7 @@ class Trainer:
                      cfg.batch_size, self.local_batch, self.steps_per_epoch, cfg.epochs, self.base_lr)
 
     def _prepare_run_dir(self) -> None:
-        """Rank 0 decides; every rank learns the verdict (so all exit together on error)."""
-        err = None
-        if self.is_main:
-            rd = self.run_dir
-            exists = rd.exists() and any(rd.iterdir())
-            if exists and not (self.opts.resume or self.opts.overwrite):
-                err = (f"output folder {rd} already holds a run; pass --resume to continue it or "
-                       f"--overwrite to replace it (or choose another --output-dir)")
-            elif exists and self.opts.overwrite and not self.opts.resume:
-                shutil.rmtree(rd)
-            if err is None:
-                rd.mkdir(parents=True, exist_ok=True)
-        err = fdist.broadcast_object(err)
-        if err:
-            raise UserError(err)
+        prepare_run_dir(self.run_dir, self.is_main, bool(self.opts.resume), self.opts.overwrite)
 
     def _check_ranks_agree(self) -> None:
         """Every rank must run the same experiment, batch and code; a mismatch (a stale

@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -317,24 +316,9 @@ class LinearEval:
                      f" x0.1 at epochs {list(s.milestones)}" if s.schedule == "multistep" else "", self.run_dir)
 
     def _prepare_run_dir(self) -> None:
-        """Rank 0 decides (never replacing a run without --overwrite); all ranks learn it."""
-        from fastairl.engine import UserError
-        err = None
-        if self.is_main:
-            rd = self.run_dir
-            exists = rd.exists() and any(rd.iterdir())
-            if rd.exists() and not rd.is_dir():
-                err = f"output path {rd} is a file; choose another --output-dir or --name"
-            elif exists and not (self.args.resume or self.args.overwrite):
-                err = (f"output folder {rd} already holds a run; pass --resume to continue it or --overwrite "
-                       f"to replace it (or choose another --output-dir / --name)")
-            elif exists and self.args.overwrite and not self.args.resume:
-                shutil.rmtree(rd)
-            if err is None:
-                rd.mkdir(parents=True, exist_ok=True)
-        err = fdist.broadcast_object(err)
-        if err:
-            raise UserError(err)
+        from fastairl.engine import prepare_run_dir
+        prepare_run_dir(self.run_dir, self.is_main, bool(self.args.resume), self.args.overwrite,
+                        where="--output-dir / --name")
 
     def _resume(self, which: str) -> None:
         from fastairl.engine import UserError
