@@ -61,6 +61,17 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
+def install_stop_handlers(runner) -> None:
+    """SIGTERM/SIGUSR1 (pre-emption) set ``runner.stop_requested``: the loop finishes the
+    current step, writes a checkpoint and exits 0."""
+    def handler(signum, frame):
+        runner.stop_requested = True
+        log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(sig, handler)
+
+
 def prepare_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool,
                     where: str = "--output-dir") -> None:
     """Create the run folder, never replacing a run without ``overwrite``. Rank 0 decides and
@@ -563,14 +574,7 @@ class Trainer:
         return last
 
     def _install_signal_handlers(self) -> None:
-        def handler(signum, frame):
-            self.stop_requested = True
-            log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                signal.signal(s, handler)
-            except ValueError:  # not the main thread
-                pass
+        install_stop_handlers(self)
 
     def _stop_now(self) -> bool:
         """A pre-emption signal arrived on some rank. Every rank must stop at the same step,

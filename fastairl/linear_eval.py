@@ -35,12 +35,10 @@ every epoch, which a feature cache cannot reproduce.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -528,12 +526,8 @@ class LinearEval:
         return result
 
     def _install_signal_handlers(self) -> None:
-        def handler(signum, frame):
-            self.stop_requested = True
-            log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            with contextlib.suppress(ValueError):  # not the main thread
-                signal.signal(sig, handler)
+        from fastairl.engine import install_stop_handlers
+        install_stop_handlers(self)
 
     def _stop_now(self) -> bool:
         """Every rank must agree to stop at the same step."""
