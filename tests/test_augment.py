@@ -198,6 +198,45 @@ def test_blur_is_a_true_gaussian(photos):
     assert torch.equal(out[[0, 2, 3]], x[[0, 2, 3]]) and (out[1] - x[1]).abs().mean() > 0.005
 
 
+def test_blur_cpu_shifted_sums_equal_the_grouped_convolution(photos):
+    """The CPU blur (shifted multiply-adds) and the CUDA blur (grouped convolutions) are the
+    same sums; compare them on the CPU, where both can run."""
+    from fastairl.data.augment import _blur_grouped_conv, _gaussian_taps
+
+    x = photos.float() / 255
+    sig = torch.tensor([0.1, 0.6, 1.3, 2.0])
+    for radius in (1, 6):
+        taps = _gaussian_taps(sig, radius)
+        shifted = gaussian_blur(x, sig, radius)
+        conv = _blur_grouped_conv(x, taps, radius)
+        assert torch.allclose(shifted, conv, atol=1e-6, rtol=0), radius
+    assert (shifted - x).abs().mean() > 1e-3  # it did blur
+    # A window larger than the image still replicates the edge (3-pixel image, radius 6).
+    tiny = x[:, :, :3, :3]
+    assert torch.allclose(gaussian_blur(tiny, sig, 6), _blur_grouped_conv(tiny, _gaussian_taps(sig, 6), 6), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_cpu_chunking_does_not_change_the_views(photos, name, monkeypatch):
+    """On the CPU the batch is augmented in cache-sized chunks of rows; any chunk size gives
+    the views of one pass over the whole batch, in the configured layout and dtype."""
+    import fastairl.data.augment as A
+
+    aug = GPUAugment(get_recipe(name), channels_last=True)
+    batch = photos.repeat(3, 1, 1, 1)  # 12 rows
+    for vi, v in enumerate(aug.recipe):
+        p = aug.sample_params(vi, 12, generator=torch.Generator().manual_seed(vi))
+        monkeypatch.setattr(A, "CPU_CHUNK_PIXELS", 10 ** 9)
+        whole = aug.apply(batch, p, v)
+        whole_raw = aug.apply(batch, p, v, normalize=False)
+        for rows in (1, 5):  # 5 leaves a partial last chunk
+            monkeypatch.setattr(A, "CPU_CHUNK_PIXELS", rows * S * S)
+            got = aug.apply(batch, p, v)
+            assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == whole.dtype
+            assert torch.allclose(got, whole, atol=1e-5, rtol=0), (name, vi, rows)
+            assert torch.allclose(aug.apply(batch, p, v, normalize=False), whole_raw, atol=1e-6, rtol=0)
+
+
 def test_blur_distance_to_pil_gaussianblur():
     """Measured: at most 0.69/255 mean absolute difference from PIL's GaussianBlur(radius=sigma)
     at 64 px (0.64 at 96 px, 0.59 at 224 px) over sigma in [0.1, 2]; PIL's three-box
