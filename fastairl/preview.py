@@ -31,9 +31,10 @@ What it does, for ``--pairs N`` samples:
      that seeds each sample itself needs none of that and gets the same treatment). The
      replayed view must equal the loader's bit for bit, or the preview stops with an
      error rather than caption a view with parameters that did not make it;
-   * a loader with ``crop_params(epoch, batch_no, heights, widths)`` (``nvjpeg``):
-     its crop windows and flips, from the image sizes;
-   * otherwise (``ffcv``, whose crops are drawn in numba threads): the caption says
+   * a loader with ``crop_params(epoch, batch_no, heights, widths)`` (``ffcv``,
+     ``nvjpeg``, ``dali``): its crop windows and flips, from the image sizes (the
+     loader draws them from (seed, epoch, rank, batch) before decoding);
+   * a loader without (a third-party backend): the caption says
      ``crop: drawn inside <backend>``;
 4. writes what was asked: a PNG grid (``--out``), a dump (``--dump``), a statistics
    table (``--stats``).
@@ -698,8 +699,7 @@ def _uint8_batches(loader, recipe: Sequence[ViewRecipe], spec, start_epoch: int,
     meta["colour_source"] = ["GPUAugment.sample_params + apply (as the trainer)"] * len(recipe)
     if not has_crops:
         log.warning("the %s loader draws its crop windows%s itself and does not report them: captions say "
-                    "'crop: drawn inside %s'%s", name, " and flips" if flipped else "", name,
-                    "; --seed fixes the sample order and the colour parameters only" if name == "ffcv" else "")
+                    "'crop: drawn inside %s'", name, " and flips" if flipped else "", name)
     b = spec.batch_size
     epoch = start_epoch
     while True:

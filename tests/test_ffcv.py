@@ -27,8 +27,9 @@ from torchvision.transforms import RandomResizedCrop  # noqa: E402
 
 from fastairl.data.base import LoaderSpec  # noqa: E402
 from fastairl.data.beton import BetonReader  # noqa: E402
-from fastairl.data.ffcv_loader import (BetonError, CropView, FFCVLoader, MultiViewCropDecoder,  # noqa: E402
-                                       build_ffcv_loader, check_beton, decode_jpeg, draw_crops, eval_box,
+from fastairl.data.crop import sample_crops  # noqa: E402
+from fastairl.data.ffcv_loader import (BetonError, FFCVLoader, MultiViewCropDecoder,  # noqa: E402
+                                       build_ffcv_loader, check_beton, decode_jpeg, eval_box,
                                        has_ffcv_files, resized_crop)
 from fastairl.data.ffcv_writer import OutputExistsError, write_ffcv  # noqa: E402
 from fastairl.data.recipes import eval_resize_size, get_recipe  # noqa: E402
@@ -173,7 +174,8 @@ def test_resize_kernel_matches_torchvision(size):
     """The numba crop+resize equals torchvision's antialiased resized_crop to one level."""
     img = _photo("chelsea")
     t = _tv(img)
-    boxes = draw_crops(40, *img.shape[:2], scale=(0.02, 1.0), ratio=(0.5, 2.0), seed=3)
+    h, w = img.shape[:2]
+    boxes = sample_crops([h] * 40, [w] * 40, (0.02, 1.0), (0.5, 2.0), np.random.default_rng(3))
     for k, (i, j, h, w) in enumerate(boxes.tolist()):
         flip = k % 2 == 1
         ref = TF.resized_crop(t, i, j, h, w, [size, size], antialias=True)
@@ -185,20 +187,24 @@ def test_resize_kernel_matches_torchvision(size):
     _close(resized_crop(img, y0, x0, bh, bw, size, clamp_to_window=False), ref)
 
 
-def test_crop_sampler_matches_torchvision_distribution():
-    """Window size, aspect and position follow RandomResizedCrop.get_params (two-sample KS)."""
+def test_loader_crop_windows_follow_torchvision_distribution(packed):
+    """The windows the loader reports (and cuts) follow RandomResizedCrop.get_params (two-sample KS)."""
+    out, _ = packed
     torch.manual_seed(0)
-    for (h, w), scale, ratio in [((150, 200), (0.08, 1.0), (3 / 4, 4 / 3)),
-                                 ((375, 500), (0.2, 1.0), (3 / 4, 4 / 3)),
-                                 ((40, 400), (0.5, 1.0), (3 / 4, 4 / 3))]:  # mostly the centred fallback
-        n = 3000
-        ours = draw_crops(n, h, w, scale, ratio, seed=11).astype(float)
+    for recipe, (h, w) in [("byol_asym", (150, 200)), ("moco_plus", (375, 500)), ("moco_plus", (40, 400))]:
+        loader = FFCVLoader(LoaderSpec(root=str(out), split="train", recipe=recipe, image_size=32, batch_size=8))
+        view = get_recipe(recipe)[0]
+        ours = np.concatenate([loader.crop_params(e, k, [h] * 50, [w] * 50)[0][0]
+                               for e in range(6) for k in range(10)]).astype(float)
         img = torch.empty(1, h, w)
-        ref = np.array([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)], float)
+        ref = np.array([RandomResizedCrop.get_params(img, list(view.crop_scale), list(view.crop_ratio))
+                        for _ in range(len(ours))], float)
         for name, f in [("area", lambda b: b[:, 2] * b[:, 3]), ("aspect", lambda b: b[:, 3] / b[:, 2]),
                         ("top", lambda b: b[:, 0]), ("left", lambda b: b[:, 1])]:
             p = ks_2samp(f(ours), f(ref)).pvalue
-            assert p > 1e-3, (h, w, scale, name, p)
+            assert p > 1e-3, (h, w, recipe, name, p)
+        flips = np.concatenate([loader.crop_params(e, 0, [h] * 500, [w] * 500)[1][1] for e in range(4)])
+        assert abs(flips.mean() - 0.5) < 4 * (0.25 / len(flips)) ** 0.5
 
 
 # ------------------------------------------------------------------------------- loader
@@ -262,26 +268,65 @@ def test_loader_val_is_torchvision_eval_transform(folder, packed):
         _close(images[i].permute(1, 2, 0).contiguous().numpy(), ref)
 
 
-def test_decoder_forced_window_with_dct_downscale(packed):
-    """Whole-image windows at 64 px trigger the 1/2-scale JPEG decode; flip_p 0 vs 1."""
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToTensor
-
+@pytest.mark.parametrize("dct", [True, False])
+def test_loader_cuts_exactly_the_reported_windows(packed, dct):
+    """Every view is the reported window of the decoded JPEG, resized (and flipped) by the
+    loader's kernel; with DCT scaling, of the JPEG decoded at the scale the windows allow."""
     out, _ = packed
-    full = ((1.0, 1.0), (W / H, W / H))
-    decoder = MultiViewCropDecoder(64, [CropView(*full, flip_p=0.0), CropView(*full, flip_p=1.0)])
-    loader = Loader(str(out / "val.beton"), batch_size=16, num_workers=2, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]})
-    (images, _), = list(loader)
-    reader = BetonReader(out / "val.beton")
-    assert images.shape == (3 * VAL_PER_CLASS, 2, 64, 64, 3)
-    for i in range(len(reader)):
-        half = decode_jpeg(reader.jpeg(i), H, W, denominator=2)
-        assert half.shape == (H // 2, W // 2, 3)
-        ref = TF.resize(_tv(half), [64, 64], antialias=True)
-        _close(images[i, 0].numpy(), ref)
-        _close(images[i, 1].numpy(), TF.horizontal_flip(ref))
+    spec = LoaderSpec(root=str(out), split="train", recipe="byol_asym", image_size=32, batch_size=8, workers=2,
+                      seed=4, extra={"dct_scaling": dct})
+    loader = FFCVLoader(spec)
+    reader = BetonReader(out / "train.beton")
+    loader.set_epoch(2)
+    batches = loader.batch_indices()
+    scaled = 0
+    for k, (views, labels) in enumerate(loader):
+        idx = batches[k]
+        assert labels.tolist() == reader.labels[idx].tolist()
+        crops = loader.crop_params(2, k, reader.heights[idx], reader.widths[idx])
+        for r, i in enumerate(idx):
+            boxes = np.stack([crops[v][0][r] for v in range(2)])
+            d = 1
+            if dct:  # the largest 1/d decode that leaves every window >= the output size
+                d = next((d for d in (8, 4, 2) if (boxes[:, 2:] >= 32 * d).all()), 1)
+            scaled += d > 1
+            img = decode_jpeg(reader.jpeg(i), H, W, denominator=d)
+            for v in range(2):
+                t, l, h, w = (float(x) / d for x in boxes[v])
+                want = resized_crop(img, t, l, h, w, 32, flip=bool(crops[v][1][r]))
+                assert np.array_equal(views[v][r].permute(1, 2, 0).numpy(), want), (k, r, v)
+    assert k + 1 == len(batches)
+    if dct:
+        assert scaled > 0  # some windows were large enough for a downscaled decode
+
+
+def test_crops_repeat_with_the_seed_and_resume_exactly(packed):
+    """Same seed: same views; a pass resumed at batch 1 gets the very views of batches 1..;
+    another seed or epoch: other windows."""
+    out, _ = packed
+
+    def views(seed, epoch, start=0):
+        loader = FFCVLoader(LoaderSpec(root=str(out), split="train", recipe="moco_plus", image_size=32, batch_size=8,
+                                       workers=2, seed=seed))
+        loader.set_epoch(epoch, start_batch=start)
+        return [torch.cat(v) for v, _ in loader]
+
+    first = views(0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, views(0, 1)))
+    assert all(torch.equal(a, b) for a, b in zip(first[1:], views(0, 1, start=1)))
+    assert not torch.equal(first[0], views(0, 2)[0]) and not torch.equal(first[0], views(1, 1)[0])
+
+
+def test_decoder_without_ffcv_loader_windows_fails_clearly(packed):
+    """A plain ffcv Loader fills no windows; FFCVLoader reports a window outside the image."""
+    out, _ = packed
+    loader = FFCVLoader(LoaderSpec(root=str(out), split="train", recipe="moco_plus", image_size=32, batch_size=8))
+    loader.crop_params = lambda e, k, hs, ws: [(np.tile([0, 0, 10 ** 6, 5], (len(hs), 1)), np.zeros(len(hs), bool))] * 2
+    loader.set_epoch(0)
+    with pytest.raises(RuntimeError, match="do not lie inside the image"):
+        list(loader)
+    with pytest.raises(ValueError, match="at least one view"):
+        MultiViewCropDecoder(32, 0)
 
 
 _RANK_SCRIPT = textwrap.dedent("""

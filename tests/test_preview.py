@@ -315,29 +315,55 @@ def test_stats_follow_the_recipe_over_512_pairs(exp, loader, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- other backends
 
-def test_ffcv_on_demo_with_crops_drawn_inside_ffcv(demo_root, tmp_path, capsys):
-    """--data demo --loader ffcv packs the demo once (cached) and previews it."""
+def test_ffcv_on_demo_reports_crops_and_rebuilds_views(demo_root, tmp_path, capsys):
+    """--data demo --loader ffcv packs the demo once (cached) and previews it; the reported
+    windows and flips, cut from the packed JPEGs by the decoder's kernel and put through
+    GPUAugment.apply with the dumped colour parameters, give the dumped views exactly; a
+    second run with the same seed gives the same dump."""
     pytest.importorskip("ffcv", reason="ffcv is not installed")
     from fastairl.data.beton import BetonReader
+    from fastairl.data.ffcv_loader import decode_jpeg, resized_crop
 
     png = tmp_path / "ff.png"
-    data = _preview(tmp_path, "ff", "--exp", "byol", "--data", "demo", "--loader", "ffcv", "--pairs", "12",
-                    "--batch-size", "8", "--out", str(png), "--rows", "2", "--stats")
+    args = ("--exp", "byol", "--data", "demo", "--loader", "ffcv", "--pairs", "12", "--batch-size", "8",
+            "--seed", "3")
+    data = _preview(tmp_path, "ff", *args, "--out", str(png), "--rows", "2", "--stats")
     out = capsys.readouterr().out
     meta = data["meta"]
     assert meta["loader"] == "ffcv" and meta["data"] == str(demo_root) + "-ffcv"
-    assert all("drawn inside ffcv" in s for s in meta["crop_source"])
+    assert meta["crop_source"] == meta["flip_source"] == ["ffcv.crop_params"] * 2
     reader = BetonReader(Path(meta["data"]) / "train.beton")
     assert len(reader) == len(_folder_labels(demo_root))
-    assert data["labels"].tolist() == [int(reader.labels[i]) for i in data["indices"].tolist()]
+    idx = data["indices"].tolist()
+    assert data["labels"].tolist() == [int(reader.labels[i]) for i in idx]
+    _check_ranges(data, [int(x) for x in reader.labels])
+    recipe = get_recipe("byol_asym")
+    aug = GPUAugment(recipe, channels_last=False, flip_done=True)
+    boxes = torch.stack([data["params"][v]["box"] for v in range(2)], 1)  # (N, 2, 4)
     for v in range(2):
-        assert (data["params"][v]["box"] == -1).all() and torch.isnan(data["params"][v]["scale"]).all()
-        assert data["views"][v].shape == (12, 3, SIZE, SIZE) and torch.isfinite(data["views"][v]).all()
+        p = data["params"][v]
+        crops = []
+        for r, i in enumerate(idx):
+            d = next((d for d in (8, 4, 2) if (boxes[r, :, 2:] >= SIZE * d).all()), 1)  # the decoder's DCT scale
+            img = decode_jpeg(reader.jpeg(i), int(reader.heights[i]), int(reader.widths[i]), denominator=d)
+            t, l, h, w = (float(x) / d for x in p["box"][r])
+            crops.append(torch.from_numpy(resized_crop(img, t, l, h, w, SIZE, flip=bool(p["flip"][r]))))
+        x = torch.stack(crops).permute(0, 3, 1, 2)
+        colour = {k: p[k] for k in PARAM_KEYS}
+        for lo in range(0, len(idx), 8):  # the loader's batches of 8
+            sl = slice(lo, lo + 8)
+            got = aug.apply(x[sl], {k: t[sl] for k, t in colour.items()}, recipe[v])
+            assert torch.equal(got, data["views"][v][sl]), (v, lo)
     assert data["params"][0]["blur"].all() and not data["params"][0]["solarize"].any()  # byol view 1
-    assert re.search(r"^flip\s+1\s+-\s+0\.500\s+n/a: drawn inside ffcv$", out, re.M)
+    flip_rows = [m.groups() for m in map(_ROW.match, out.splitlines()) if m and m.group(1) == "flip"]
+    assert [(r[1], float(r[3])) for r in flip_rows] == [("1", 0.5), ("2", 0.5)]  # measured, not "n/a"
     geo = grid_geometry(2, 3, default_cell(SIZE))
     with Image.open(png) as im:
         assert im.size == (geo.width, geo.height)
+    again = _preview(tmp_path, "ff2", *args)
+    for v in range(2):
+        assert torch.equal(again["views"][v], data["views"][v])
+        assert torch.equal(again["params"][v]["box"], data["params"][v]["box"])
 
 
 def test_every_registered_folder_backend_previews(small_root, tmp_path):

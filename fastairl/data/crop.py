@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from fastairl.data.recipes import CROP_TRIES
 
-__all__ = ["sample_crop", "sample_crops", "crop_resize"]
+__all__ = ["sample_crop", "sample_crops", "batch_crops", "crop_resize"]
 
 Box = tuple[int, int, int, int]
 
@@ -122,6 +122,28 @@ def sample_crops(heights: Sequence[int] | np.ndarray, widths: Sequence[int] | np
     out[:, 0], out[:, 1], out[:, 2], out[:, 3] = top, left, ch, cw
     for i in np.flatnonzero(~ok):
         out[i] = _fallback(int(hs[i]), int(ws[i]), r0, r1)
+    return out
+
+
+def batch_crops(views: Sequence, seed: int, epoch: int, rank: int, batch_no: int,
+                heights: Sequence[int] | np.ndarray, widths: Sequence[int] | np.ndarray
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per view, the crop windows ``(N, 4)`` (top, left, h, w) and flips ``(N,)`` of one batch.
+
+    ``views`` are the recipe's :class:`~fastairl.data.recipes.ViewRecipe` entries (their
+    ``crop_scale``, ``crop_ratio`` and ``flip_p``). Drawn with :func:`sample_crops` from a
+    generator seeded by (seed, epoch, rank, batch number) only, so a run resumed at
+    that batch draws the same windows, and every backend that crops outside torch
+    (ffcv, dali, nvjpeg) draws the same windows for the same batch of image sizes.
+    """
+    rng = np.random.default_rng([int(seed) % 2**63, int(epoch), int(rank), int(batch_no)])
+    hs = np.asarray(heights, dtype=np.int64)
+    ws = np.asarray(widths, dtype=np.int64)
+    out = []
+    for v in views:
+        boxes = sample_crops(hs, ws, v.crop_scale, v.crop_ratio, rng)
+        flips = rng.random(hs.shape[0]) < v.flip_p
+        out.append((boxes, flips))
     return out
 
 

@@ -8,11 +8,15 @@ from that decode, as one ``(V, S, S, 3)`` uint8 array per sample that
 :class:`FFCVLoader` splits into the views of the batch contract
 (:mod:`fastairl.data.base`).
 
-What happens per sample, inside ffcv's numba-compiled, thread-parallel pipeline:
+What happens per batch and per sample:
 
-1. one crop window per view, drawn with torchvision's ``RandomResizedCrop.get_params``
-   rule (:func:`sample_crop_nb`: area fraction ~ U(scale), log-uniform aspect ratio, 10
-   tries, centred fallback) from the view's :class:`~fastairl.data.recipes.ViewRecipe`;
+1. the loader's thread draws one crop window and one flip per view and sample for the
+   whole batch (:meth:`FFCVLoader.crop_params`, vectorised numpy, well under a
+   millisecond per batch) with torchvision's ``RandomResizedCrop.get_params`` rule
+   (area fraction ~ U(scale), log-uniform aspect ratio, 10 tries, centred fallback;
+   :func:`fastairl.data.crop.sample_crops`) from a generator seeded by (seed, epoch,
+   rank, batch number), and writes them into the decoder's parameter buffer; inside
+   ffcv's numba-compiled, thread-parallel pipeline, per sample:
 2. one JPEG decode through libjpeg-turbo (ffcv's ``imdecode``). When *every* window is
    at least 2x (4x, 8x) the output size in both directions, the JPEG is decoded at
    1/2 (1/4, 1/8) scale in the DCT domain, which is cheaper and is itself a proper
@@ -23,18 +27,21 @@ What happens per sample, inside ffcv's numba-compiled, thread-parallel pipeline:
    two random windows is usually larger, so it is not used.)
 3. each window resized to ``S x S`` with the same filter as torchvision's
    ``resized_crop(..., antialias=True)`` (PIL's separable triangle filter whose support
-   widens with the downscale factor), flipped horizontally with the view's ``flip_p``
-   at no extra cost. The kernel (:func:`resize_box`) works in fixed point and agrees
-   with torchvision's float result to one level.
+   widens with the downscale factor), flipped horizontally if drawn so, at no extra
+   cost. The kernel (:func:`resize_box`) works in fixed point and agrees with
+   torchvision's float result to one level.
 
 Validation uses the same operation in centre mode: the window that torchvision's
 ``Resize(round(S*256/224))`` + ``CenterCrop(S)`` would keep, resized with the same
 filter (identical to resizing the whole image and cropping).
 
-Random numbers come from numba's generator, which has an independent stream per
-worker thread; crops are therefore not reproducible from run to run, like the
-reference's DataLoader workers. The sample *order* is reproducible (ffcv's traversal
-orders seeded with ``spec.seed`` and the epoch).
+Because the windows depend on (seed, epoch, rank, batch number) only, a run resumed in
+the middle of an epoch gets the very crops it would have got, two runs with the same
+seed get the same views, the preview tool can report every window, and the nvjpeg and
+dali backends (same rule, same seeding) draw the same windows for the same batch of
+image sizes. (Drawing inside the numba threads would give each thread its own
+unseedable stream.) The sample *order* comes from ffcv's traversal orders, seeded with
+``spec.seed`` and the epoch.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ import math
 import logging
 import os
 import queue
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -52,7 +59,8 @@ import torch
 
 from fastairl.data.base import LoaderSpec
 from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader, read_classes_json
-from fastairl.data.recipes import CROP_TRIES, eval_resize_size, get_recipe
+from fastairl.data.crop import batch_crops
+from fastairl.data.recipes import eval_resize_size, get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,9 @@ except (ImportError, OSError) as _e:  # OSError: libturbojpeg / libopencv missin
 torch.set_num_threads(_TORCH_THREADS)
 
 __all__ = [
-    "BetonError", "CropView", "FFCVLoader", "MultiViewCropDecoder", "build_ffcv_loader",
-    "check_beton", "decode_jpeg", "draw_crops", "eval_box", "has_ffcv_files", "read_classes",
-    "require_ffcv", "resize_box", "resized_crop", "sample_crop_nb",
+    "BetonError", "FFCVLoader", "PARAM_COLUMNS", "MultiViewCropDecoder", "build_ffcv_loader",
+    "check_beton", "decode_jpeg", "eval_box", "has_ffcv_files", "read_classes",
+    "require_ffcv", "resize_box", "resized_crop",
 ]
 
 #: Field names written by :func:`fastairl.data.ffcv_writer.write_ffcv`, in file order.
@@ -101,7 +109,7 @@ def require_ffcv() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# numba kernels: crop sampling and the antialiased bilinear crop+resize
+# numba kernels: the antialiased bilinear crop+resize
 # --------------------------------------------------------------------------------------
 
 #: Fixed-point precision of the vertical-pass weights (they sum to 2**_WB_V).
@@ -111,66 +119,6 @@ _WB_V = 14
 #: one multiply-add serves all three.
 _WB_H = 12
 _LANE = 21
-
-
-@nb.njit(cache=True, nogil=True)
-def sample_crop_nb(height: int, width: int, scale_lo: float, scale_hi: float,
-                   ratio_lo: float, ratio_hi: float) -> tuple[int, int, int, int]:
-    """One crop window ``(top, left, h, w)`` by torchvision's RandomResizedCrop rule.
-
-    Written for numba so the decode loop draws windows without leaving compiled code;
-    the rule is the one documented in :mod:`fastairl.data.crop` (and checked against
-    ``RandomResizedCrop.get_params`` by a KS test in tests/test_ffcv.py).
-    """
-    area = float(height * width)
-    log_lo = math.log(ratio_lo)
-    log_hi = math.log(ratio_hi)
-    for _ in range(CROP_TRIES):
-        target = area * np.random.uniform(scale_lo, scale_hi)
-        aspect = math.exp(np.random.uniform(log_lo, log_hi))
-        w = int(np.rint(math.sqrt(target * aspect)))
-        h = int(np.rint(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = np.random.randint(0, height - h + 1)
-            left = np.random.randint(0, width - w + 1)
-            return top, left, h, w
-    in_ratio = width / height
-    if in_ratio < ratio_lo:
-        w = width
-        h = int(np.rint(w / ratio_lo))
-    elif in_ratio > ratio_hi:
-        h = height
-        w = int(np.rint(h * ratio_hi))
-    else:
-        w = width
-        h = height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-@nb.njit(cache=True, nogil=True)
-def _draw_crops_nb(n: int, height: int, width: int, s_lo: float, s_hi: float,
-                   r_lo: float, r_hi: float, seed: int) -> np.ndarray:
-    np.random.seed(seed)
-    out = np.empty((n, 4), np.int64)
-    for i in range(n):
-        t, l, h, w = sample_crop_nb(height, width, s_lo, s_hi, r_lo, r_hi)
-        out[i, 0] = t
-        out[i, 1] = l
-        out[i, 2] = h
-        out[i, 3] = w
-    return out
-
-
-def draw_crops(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-               seed: int = 0) -> np.ndarray:
-    """``n`` windows ``(top, left, h, w)`` from the decoder's sampler, reproducibly seeded.
-
-    Exposed so the sampler's distribution can be compared with torchvision's.
-    """
-    if n < 0 or height <= 0 or width <= 0:
-        raise ValueError(f"draw_crops needs n >= 0 and a positive image size, got n={n} {height}x{width}")
-    return _draw_crops_nb(int(n), int(height), int(width), float(scale[0]), float(scale[1]),
-                          float(min(ratio)), float(max(ratio)), int(seed))
 
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
@@ -440,23 +388,20 @@ def has_ffcv_files(root: str | os.PathLike, splits: Sequence[str] = ("train", "v
 # The ffcv operation
 # --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CropView:
-    """What the decoder needs of one view: crop area range, aspect range, flip probability."""
+#: Columns of the decoder's per-sample, per-view parameter rows: window and flip.
+PARAM_COLUMNS = ("top", "left", "height", "width", "flip")
+#: What the decoder writes into the flip column of a sample whose windows are invalid.
+_BAD_WINDOW = -7
 
-    scale: tuple[float, float]
-    ratio: tuple[float, float]
-    flip_p: float = 0.5
 
-    def __post_init__(self) -> None:
-        s0, s1 = self.scale
-        r0, r1 = self.ratio
-        if not (0.0 < s0 <= s1 <= 1.0):
-            raise ValueError(f"crop scale {self.scale} must satisfy 0 < min <= max <= 1")
-        if not (0.0 < r0 <= r1):
-            raise ValueError(f"crop ratio {self.ratio} must satisfy 0 < min <= max")
-        if not (0.0 <= self.flip_p <= 1.0):
-            raise ValueError(f"flip_p {self.flip_p} must be in [0, 1]")
+@nb.njit(cache=True, nogil=True)
+def _check_windows(params: np.ndarray, height: int, width: int) -> bool:
+    """Whether every ``(top, left, h, w, flip)`` row lies inside a ``height x width`` image."""
+    for v in range(params.shape[0]):
+        t, l, h, w, f = params[v, 0], params[v, 1], params[v, 2], params[v, 3], params[v, 4]
+        if t < 0 or l < 0 or h < 1 or w < 1 or t + h > height or l + w > width or f < 0 or f > 1:
+            return False
+    return True
 
 
 class MultiViewCropDecoder(SimpleRGBImageDecoder):
@@ -466,36 +411,44 @@ class MultiViewCropDecoder(SimpleRGBImageDecoder):
     operation of a pipeline as the field's decoder only if it is an instance of the
     field's decoder class; everything the base class does is overridden.
 
-    Output per sample: ``(V, size, size, 3)`` uint8. ``views`` lists the random views
-    (:class:`CropView`); ``views=None`` selects the eval view (torchvision's
-    ``Resize(eval_resize)`` + ``CenterCrop(size)``, ``eval_resize`` defaulting to
-    :func:`~fastairl.data.recipes.eval_resize_size`). ``dct_scaling=False`` forces
-    full-size decodes.
+    Output per sample: ``(V, size, size, 3)`` uint8. ``num_views=V`` selects random
+    views: the windows and flips are *not* drawn here but read from a second buffer the
+    decoder declares, ``(V, 5)`` int64 per sample with the columns of
+    :data:`PARAM_COLUMNS`, which :class:`FFCVLoader` fills before each batch (see the
+    module docstring); a row outside the image stops the loader with an error (used
+    with a plain ffcv ``Loader``, nothing fills that buffer and such samples come out
+    black: random views need :class:`FFCVLoader`).
+    ``num_views=None`` selects the eval view (torchvision's ``Resize(eval_resize)`` +
+    ``CenterCrop(size)``, ``eval_resize`` defaulting to
+    :func:`~fastairl.data.recipes.eval_resize_size`), which needs no parameters.
+    ``dct_scaling=False`` forces full-size decodes.
     """
 
-    def __init__(self, size: int, views: Sequence[CropView] | None, *, eval_resize: int | None = None,
+    def __init__(self, size: int, num_views: int | None, *, eval_resize: int | None = None,
                  dct_scaling: bool = True) -> None:
         require_ffcv()
         super().__init__()
         if int(size) < 1:
             raise ValueError(f"output size must be >= 1, got {size}")
+        if num_views is not None and int(num_views) < 1:
+            raise ValueError(f"MultiViewCropDecoder needs at least one view (or num_views=None for eval), "
+                             f"got {num_views}")
         self.size = int(size)
-        self.views = tuple(views) if views is not None else None
-        if self.views is not None and not self.views:
-            raise ValueError("MultiViewCropDecoder needs at least one view (or views=None for eval)")
+        self.random = num_views is not None
+        self.num_views = int(num_views) if num_views is not None else 1
         self.eval_resize = int(eval_resize) if eval_resize is not None else eval_resize_size(self.size)
-        if self.views is None and self.eval_resize < self.size:
+        if not self.random and self.eval_resize < self.size:
             raise ValueError(f"eval resize {self.eval_resize} is smaller than the crop {self.size}")
         self.dct_scaling = bool(dct_scaling)
 
-    @property
-    def num_views(self) -> int:
-        return 1 if self.views is None else len(self.views)
-
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | tuple]:
         shape = (self.num_views, self.size, self.size, 3)
         dtype = np.dtype("<u1")
-        return replace(previous_state, jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+        state = replace(previous_state, jit_mode=True, shape=shape, dtype=dtype)
+        pixels = AllocationQuery(shape, dtype)
+        if not self.random:
+            return state, pixels
+        return state, (pixels, AllocationQuery((self.num_views, len(PARAM_COLUMNS)), np.dtype("<i8")))
 
     def generate_code(self):
         mem_read = self.memory_read
@@ -503,61 +456,67 @@ class MultiViewCropDecoder(SimpleRGBImageDecoder):
         imdecode_c = Compiler.compile(_ffcv_imdecode)
         size = self.size
         n_views = self.num_views
-        centre = self.views is None
         resize = self.eval_resize
         dct = self.dct_scaling
-        vs = self.views or (CropView((1.0, 1.0), (1.0, 1.0), 0.0),)
-        s_lo = np.array([v.scale[0] for v in vs], np.float64)
-        s_hi = np.array([v.scale[1] for v in vs], np.float64)
-        r_lo = np.array([min(v.ratio) for v in vs], np.float64)
-        r_hi = np.array([max(v.ratio) for v in vs], np.float64)
-        flip_p = np.array([v.flip_p for v in vs], np.float64)
 
-        def decode(batch_indices, destination, metadata, storage_state):
+        def decode_random(batch_indices, destination, metadata, storage_state):
+            pixels, params = destination
             for ix in my_range(len(batch_indices)):
                 field = metadata[batch_indices[ix]]
                 data = mem_read(field["data_ptr"], storage_state)
                 height = np.int64(field["height"])
                 width = np.int64(field["width"])
-                boxes = np.empty((n_views, 4), np.float64)
-                if centre:
-                    y0, x0, bh, bw = eval_box(height, width, size, resize)
-                    boxes[0, 0] = y0
-                    boxes[0, 1] = x0
-                    boxes[0, 2] = bh
-                    boxes[0, 3] = bw
-                else:
-                    for v in range(n_views):
-                        t, l, h, w = sample_crop_nb(height, width, s_lo[v], s_hi[v], r_lo[v], r_hi[v])
-                        boxes[v, 0] = t
-                        boxes[v, 1] = l
-                        boxes[v, 2] = h
-                        boxes[v, 3] = w
+                p = params[ix]
+                if not _check_windows(p, height, width):
+                    # No raise in a parallel loop (numba would run it serially): mark the
+                    # row, blank the views; _CheckedEpochIterator turns the mark into an error.
+                    p[0, 4] = _BAD_WINDOW
+                    pixels[ix] = 0
+                    continue
                 d = 1
                 if dct:
-                    d = _dct_denominator(boxes, size)
+                    d = _dct_denominator(p, size)
                 sh = (height + d - 1) // d
                 sw = (width + d - 1) // d
                 buf = np.empty(sh * sw * 3, np.uint8)
                 imdecode_c(data, buf, height, width, height, width, 0, 0, 1, d, False, False)
                 img = buf.reshape(sh, sw, 3)
                 for v in range(n_views):
-                    y0 = boxes[v, 0] / d
-                    x0 = boxes[v, 1] / d
-                    bh = boxes[v, 2] / d
-                    bw = boxes[v, 3] / d
-                    if centre:
-                        ylo, yhi, xlo, xhi = 0, sh, 0, sw
-                        flip = False
-                    else:
-                        ylo = int(math.floor(y0))
-                        yhi = min(sh, int(math.ceil(y0 + bh)))
-                        xlo = int(math.floor(x0))
-                        xhi = min(sw, int(math.ceil(x0 + bw)))
-                        flip = np.random.random() < flip_p[v]
-                    resize_box(img, y0, x0, bh, bw, ylo, yhi, xlo, xhi, destination[ix, v], flip)
+                    y0 = p[v, 0] / d
+                    x0 = p[v, 1] / d
+                    bh = p[v, 2] / d
+                    bw = p[v, 3] / d
+                    ylo = int(math.floor(y0))
+                    yhi = min(sh, int(math.ceil(y0 + bh)))
+                    xlo = int(math.floor(x0))
+                    xhi = min(sw, int(math.ceil(x0 + bw)))
+                    resize_box(img, y0, x0, bh, bw, ylo, yhi, xlo, xhi, pixels[ix, v], p[v, 4] == 1)
+            return pixels[:len(batch_indices)]
+
+        def decode_centre(batch_indices, destination, metadata, storage_state):
+            for ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[ix]]
+                data = mem_read(field["data_ptr"], storage_state)
+                height = np.int64(field["height"])
+                width = np.int64(field["width"])
+                y0, x0, bh, bw = eval_box(height, width, size, resize)
+                box = np.empty((1, 4), np.float64)
+                box[0, 0] = y0
+                box[0, 1] = x0
+                box[0, 2] = bh
+                box[0, 3] = bw
+                d = 1
+                if dct:
+                    d = _dct_denominator(box, size)
+                sh = (height + d - 1) // d
+                sw = (width + d - 1) // d
+                buf = np.empty(sh * sw * 3, np.uint8)
+                imdecode_c(data, buf, height, width, height, width, 0, 0, 1, d, False, False)
+                img = buf.reshape(sh, sw, 3)
+                resize_box(img, y0 / d, x0 / d, bh / d, bw / d, 0, sh, 0, sw, destination[ix, 0], False)
             return destination[:len(batch_indices)]
 
+        decode = decode_random if self.random else decode_centre
         decode.is_parallel = True
         return decode
 
@@ -567,13 +526,44 @@ class MultiViewCropDecoder(SimpleRGBImageDecoder):
 # --------------------------------------------------------------------------------------
 
 class _CheckedEpochIterator(EpochIterator):
-    """ffcv's epoch thread, except that an exception in it reaches the consumer.
+    """ffcv's epoch thread, plus two things.
 
-    ffcv's own thread dies silently on an error (e.g. a numba compile error) and leaves
-    the training loop blocked on its queue forever.
+    An exception in the thread reaches the consumer (ffcv's own thread dies silently on
+    an error, e.g. a numba compile error, and leaves the training loop blocked on its
+    queue forever). And before each batch is decoded, ``planner(b_ix, batch_indices)``
+    (if given) fills the random-view decoder's parameter buffer for that batch.
     """
 
     error: BaseException | None = None
+
+    def __init__(self, loader, order, planner=None) -> None:
+        # Set before ffcv's __init__, which starts the thread.
+        self._planner = planner
+        self._params = None
+        super().__init__(loader, order)
+
+    def _param_buffer(self) -> np.ndarray:
+        """The (slots, batch, V, 5) int64 buffer :class:`MultiViewCropDecoder` reads windows from."""
+        found = [bufs[1] for bufs in self.memory_allocations["operation"].values()
+                 if isinstance(bufs, tuple) and len(bufs) == 2 and isinstance(bufs[1], np.ndarray)
+                 and bufs[1].dtype == np.int64 and bufs[1].ndim == 4 and bufs[1].shape[-1] == len(PARAM_COLUMNS)]
+        if len(found) != 1:
+            raise RuntimeError(f"ffcv pipeline has {len(found)} MultiViewCropDecoder parameter buffers, expected 1")
+        return found[0]
+
+    def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        if self._planner is not None:
+            if self._params is None:
+                self._params = self._param_buffer()
+            rows = self._params[batch_slot][:len(batch_indices)]
+            rows[...] = self._planner(b_ix, batch_indices)
+            result = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+            bad = np.flatnonzero(rows[:, 0, 4] == _BAD_WINDOW)
+            if bad.size:
+                raise RuntimeError(f"crop windows {rows[bad[0]].tolist()} of sample {int(batch_indices[bad[0]])} do "
+                                   f"not lie inside the image")
+            return result
+        return super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
 
     def run(self) -> None:
         try:
@@ -594,7 +584,9 @@ class FFCVLoader:
     Batches are ``([view_0, ..., view_{V-1}], labels)``: each view a fresh uint8 tensor
     ``(B, 3, S, S)`` in **channels_last** memory format on ``spec.device`` (what the
     trainer feeds the network), labels int64 ``(B,)``. Views are already flipped per
-    the recipe (``flipped = True``; eval views are never flipped). On CUDA the batch is
+    the recipe (``flipped = True``; eval views are never flipped). Crop windows and
+    flips are a function of (seed, epoch, rank, batch number), reported by
+    :meth:`crop_params` for the samples :meth:`batch_indices` lists. On CUDA the batch is
     copied from ffcv's pinned buffers with ``non_blocking=True`` on ffcv's own streams.
 
     Training (``spec.train``): shuffled, last partial batch dropped; ``QUASI_RANDOM``
@@ -629,19 +621,18 @@ class FFCVLoader:
         self.num_classes = len(self.classes)
         reader = _open_checked(self.path)
         self.num_samples = len(reader)
+        # Image sizes, for drawing crop windows before a batch is decoded.
+        self._heights = reader.heights.astype(np.int32)
+        self._widths = reader.widths.astype(np.int32)
         if int(reader.labels.min()) < 0 or int(reader.labels.max()) >= self.num_classes:
             raise BetonError(f"{self.path} has labels in [{int(reader.labels.min())}, {int(reader.labels.max())}] "
                              f"but {root / 'classes.json'} names {self.num_classes} classes; the two files do not "
                              f"belong together; {_REWRITE_HINT}")
         del reader
 
-        if spec.train:
-            recipe = get_recipe(spec.recipe)
-            views: Sequence[CropView] | None = [CropView(tuple(v.crop_scale), tuple(v.crop_ratio), v.flip_p)
-                                                for v in recipe]
-        else:
-            views = None
-        decoder = MultiViewCropDecoder(spec.image_size, views, dct_scaling=bool(extra.get("dct_scaling", True)))
+        self.recipe = get_recipe(spec.recipe) if spec.train else ()
+        decoder = MultiViewCropDecoder(spec.image_size, len(self.recipe) if spec.train else None,
+                                       dct_scaling=bool(extra.get("dct_scaling", True)))
         self.num_views = decoder.num_views
 
         distributed = spec.world_size > 1
@@ -724,6 +715,35 @@ class FFCVLoader:
         skip = self._start_batch if e == self._epoch else 0
         return order[:self._full_len * bs][skip * bs:]
 
+    def batch_indices(self) -> list[np.ndarray]:
+        """Dataset indices of each batch the next pass yields (the epoch set, after ``start_batch``)."""
+        order = self.epoch_indices()
+        b = self.spec.batch_size
+        return [order[k:k + b] for k in range(0, len(order), b)]
+
+    def crop_params(self, epoch: int, batch_no: int, heights: Sequence[int] | np.ndarray,
+                    widths: Sequence[int] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per view, the crop windows ``(N, 4)`` (top, left, h, w) and flips ``(N,)`` of a batch.
+
+        The windows the decoder cuts from batch ``batch_no`` of ``epoch`` (counted from the
+        start of the epoch) for images of these sizes (as stored in the .beton):
+        :func:`fastairl.data.crop.batch_crops` seeded by (seed, epoch, rank, batch number),
+        the rule and seeding the nvjpeg and dali backends use too.
+        """
+        return batch_crops(self.recipe, self.spec.seed, epoch, self.spec.rank, batch_no, heights, widths)
+
+    def _planner(self, epoch: int, start_batch: int):
+        """What fills the decoder's parameter buffer for each batch of this pass."""
+        def plan(b_ix: int, indices: np.ndarray) -> np.ndarray:
+            idx = np.asarray(indices, dtype=np.int64)
+            crops = self.crop_params(epoch, start_batch + b_ix, self._heights[idx], self._widths[idx])
+            out = np.empty((len(idx), len(crops), len(PARAM_COLUMNS)), np.int64)
+            for v, (boxes, flips) in enumerate(crops):
+                out[:, v, :4] = boxes
+                out[:, v, 4] = flips
+            return out
+        return plan
+
     def __len__(self) -> int:
         return max(self._full_len - self._start_batch, 0)
 
@@ -735,7 +755,8 @@ class FFCVLoader:
         Compiler.set_num_threads(loader.num_workers)
         if loader.code is None:
             loader.generate_code()
-        it = _CheckedEpochIterator(loader, selected)
+        planner = self._planner(self._epoch, self._start_batch) if self.spec.train else None
+        it = _CheckedEpochIterator(loader, selected, planner)
         try:
             for images, labels in it:
                 views = [images[:, v].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

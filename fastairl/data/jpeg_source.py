@@ -30,7 +30,7 @@ import numpy as np
 
 from .base import LoaderSpec
 from .beton import BetonReader, read_classes_json
-from .crop import sample_crops
+from .crop import batch_crops
 from .recipes import get_recipe
 from .sampler import ResumableDistributedSampler
 
@@ -203,15 +203,7 @@ class JpegLoaderBase:
         the same windows, and every backend built on this class (``nvjpeg``, ``dali``, on
         the GPU or the CPU) draws the same ones for the same batch.
         """
-        rng = np.random.default_rng([self.spec.seed % 2**63, int(epoch), self.spec.rank, int(batch_no)])
-        hs = np.asarray(heights, dtype=np.int64)
-        ws = np.asarray(widths, dtype=np.int64)
-        out = []
-        for v in self.recipe:
-            boxes = sample_crops(hs, ws, v.crop_scale, v.crop_ratio, rng)
-            flips = rng.random(hs.shape[0]) < v.flip_p
-            out.append((boxes, flips))
-        return out
+        return batch_crops(self.recipe, self.spec.seed, epoch, self.spec.rank, batch_no, heights, widths)
 
     # ------------------------------------------------------------------ bad samples
     def _mark_bad(self, i: int, reason: str) -> None:
