@@ -68,6 +68,8 @@ if __package__ in (None, ""):  # run as a file: make fastairl importable from th
 
 import torch
 
+from fastairl.engine import cuda_bf16_native
+
 log = logging.getLogger("bench.throughput")
 
 SCHEMA = "fastairl.bench.throughput/1"
@@ -688,7 +690,7 @@ def default_amp(device: torch.device) -> str:
     """fastairl's own default: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU."""
     if device.type != "cuda":
         return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cuda_bf16_native() else "fp16"
 
 
 def headline_config(s: Settings, device: torch.device) -> tuple[str, bool]:
@@ -707,8 +709,8 @@ def _amp_skip(amp: str, compile_: bool, device: torch.device, quick: bool) -> st
             return "torch.compile rows run on CUDA only (compiling the encoders on a CPU takes minutes)"
         if amp == "bf16" and quick:
             return "bf16 on the CPU is left out of --quick (run without --quick to measure it)"
-    elif amp == "bf16" and not torch.cuda.is_bf16_supported():
-        return "this GPU has no bf16 (torch.cuda.is_bf16_supported() is False)"
+    elif amp == "bf16" and not cuda_bf16_native():
+        return "this GPU has no native bf16 (compute capability below 8.0)"
     return None
 
 

@@ -30,6 +30,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def cuda_index(local_rank: int) -> int:
+    """The GPU of this process: ``LOCAL_RANK`` among the visible GPUs. A launcher that shows
+    each process only its own GPU (SLURM with per-task binding) gives every process index 0."""
+    n = torch.cuda.device_count()
+    return local_rank % n if n else 0
+
+
 def init(device_type: str) -> DistInfo:
     """Initialise the default process group when launched by torchrun with >1 process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +47,7 @@ def init(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(cuda_index(local_rank))
         timeout = datetime.timedelta(minutes=30)
         # After a torchrun restart the agent's store still holds the dead generation's keys;
         # a per-restart prefix keeps the new process group from connecting to them.

@@ -129,11 +129,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cuda_bf16_native() -> bool:
+    """Whether the current GPU computes in bf16 natively (compute capability 8.0 or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also says True on older GPUs (T4, V100) where
+    bf16 is only emulated and cuDNN has no bf16 convolutions, so it must not pick AMP.
+    """
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch without the keyword
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
 def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 by default on GPUs that support it, fp16 on older GPUs, off on CPU."""
+    """bf16 by default on GPUs that compute in it natively, fp16 on older GPUs, off on CPU."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_bf16_native() else torch.float16
         return None
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
     if name not in table:
@@ -168,7 +182,9 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a checkpoint from a machine with more (or fewer) visible GPUs: restore the common ones
+        for i, st in enumerate(list(state["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(st, i)
 
 
 class Trainer:
@@ -177,7 +193,7 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.dist = fdist.init(self.device.type)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", fdist.cuda_index(self.dist.local_rank))
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv kernels once
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(opts.amp, self.device)
@@ -254,7 +270,8 @@ class Trainer:
             from .data.augment import GPUAugment
             from .data.recipes import get_recipe
             self.augment = GPUAugment(get_recipe(cfg.recipe), out_dtype=torch.float32,
-                                      channels_last=opts.channels_last, flip_done=self.loader.flipped)
+                                      channels_last=opts.channels_last,
+                                      flip_done=self.loader.flipped).to(self.device)
 
         if opts.compile:
             model.online_encoder.compile()
@@ -453,9 +470,10 @@ class Trainer:
         self.model.after_step(step, self.total_steps)
         out = {"loss": loss.detach(), "lr": lr, **metrics}
         if self.probe is not None and feats is not None:
-            with self._autocast():
-                logits = self.ddp_probe(feats)
-            ploss = F.cross_entropy(logits.float(), labels)
+            # float32, outside autocast: a linear layer on detached features costs nothing,
+            # and under fp16 its gradients would have no GradScaler to keep them from underflowing
+            logits = self.ddp_probe(feats.float())
+            ploss = F.cross_entropy(logits, labels)
             self.probe_opt.zero_grad(set_to_none=True)
             ploss.backward()
             self.probe_opt.step()
@@ -598,16 +616,20 @@ class Trainer:
         enc = self.model.online_encoder
         enc.eval()
         counts = torch.zeros(3, device=self.device)
-        for views, labels in loader:
-            if loader.output == "uint8":  # eval crops: normalise only, no training augmentation
-                x = normalize_uint8(views[0], channels_last=self.opts.channels_last)
-            else:
-                x = views[0]
-            with self._autocast():
-                logits = enc(x)
-            a1, a5 = topk_acc(logits.float(), labels)
-            n = labels.shape[0]
-            counts += torch.tensor([a1 * n / 100, a5 * n / 100, n], device=self.device)
+        try:
+            for views, labels in loader:
+                if loader.output == "uint8":  # eval crops: normalise only, no training augmentation
+                    x = normalize_uint8(views[0], channels_last=self.opts.channels_last)
+                else:
+                    x = views[0]
+                with self._autocast():
+                    logits = enc(x)
+                a1, a5 = topk_acc(logits.float(), labels)
+                n = labels.shape[0]
+                counts += torch.tensor([a1 * n / 100, a5 * n / 100, n], device=self.device)
+        finally:
+            if callable(getattr(loader, "close", None)):  # a loader per validation: stop its threads
+                loader.close()
         if self.dist.distributed:
             torch.distributed.all_reduce(counts)
         self.model.train()

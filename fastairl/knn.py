@@ -284,6 +284,9 @@ def knn_eval_encoder(encoder: Encoder, data_root, image_size: int, batch_size: i
     finally:
         for m, flag in modes.items():
             m.training = flag
+        for ld in (bank_loader, query_loader):  # stop their threads: the monitor runs every few epochs
+            if callable(getattr(ld, "close", None)):
+                ld.close()
     _, bank, bank_y = gather_unique(bank_idx, bank, bank_y)
     _, query, query_y = gather_unique(query_idx, query, query_y)
     rank, world = fdist.rank(), fdist.world_size()
@@ -438,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         info = fdist.init(device.type)
         if device.type == "cuda":
-            device = torch.device("cuda", info.local_rank)
+            device = torch.device("cuda", fdist.cuda_index(info.local_rank))
         amp_dtype = resolve_amp(args.amp, device)
         if args.batch_size % info.world_size:
             raise UserError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")

@@ -221,7 +221,7 @@ class LinearEval:
         self.device = resolve_device(args.device)
         self.dist = fdist.init(self.device.type)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", fdist.cuda_index(self.dist.local_rank))
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(args.amp, self.device)
         self.stop_requested = False

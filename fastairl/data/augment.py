@@ -36,7 +36,6 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fastairl.data.recipes import MEAN, STD, ViewRecipe
 
@@ -119,7 +118,7 @@ def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # A grey pixel has a zero numerator; the tiny floor keeps 0/0 out.
     h6 = num.div_(delta.clamp(min=1e-30))
     h6.add_(rm.mul_(-4.0).add_(gm, alpha=-2.0).add_(4.0)).add_(shift.to(x.dtype).view(-1, 1, 1) * 6.0)
-    n = torch.tensor((5.0, 3.0, 1.0), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # 5, 3, 1
     k = h6.unsqueeze(1) + n
     k.add_(torch.mul(k, 1.0 / 6.0).floor_(), alpha=-6.0)   # mod 6 (w is 0 at both ends)
     w = torch.minimum(k, torch.sub(4.0, k)).clamp_(0.0, 1.0)
@@ -139,11 +138,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     This is a sampled, normalised Gaussian of standard deviation ``sigma`` truncated at
     ``radius`` pixels, applied separably (a horizontal then a vertical depthwise
     convolution with one kernel per image): ``2 (2r + 1)`` taps per pixel instead of
-    ``(2r + 1)^2``. Borders replicate the edge pixel. On CUDA each direction is one
-    grouped convolution (``groups = N C``); on the CPU it is ``2r + 1`` multiply-adds of
-    shifted views, which is about twice as fast there as the
-    grouped convolution and, unlike it, stays fast on the small cache-sized chunks the
-    CPU path works in. Both compute the same sums (equal to float rounding).
+    ``(2r + 1)^2``. Borders replicate the edge pixel. Each direction is ``2r + 1``
+    multiply-adds of shifted views rather than a grouped convolution: on the CPU that is
+    about twice as fast and stays fast on the small cache-sized chunks the CPU path works
+    in; on CUDA it is exact float32 (a convolution may run in TF32) and its cost does not
+    depend on how many rows are blurred (a grouped convolution over the chosen rows
+    changes shape every step, and cuDNN's autotuner would re-tune for each new count).
+    ``tests/test_augment.py`` checks it against a grouped convolution.
 
     Why not exactly the reference: the reference calls PIL's ``GaussianBlur(radius=sigma)``,
     which approximates a Gaussian of that standard deviation with three box blurs on
@@ -161,19 +162,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     if n == 0:
         return x
     taps = _gaussian_taps(sigma.to(x.device), radius)  # (N, K)
-    if x.device.type == "cpu":
-        return _blur_shifted(_blur_shifted(x, taps, radius, -1), taps, radius, -2)
-    return _blur_grouped_conv(x, taps, radius)
-
-
-def _blur_grouped_conv(x: torch.Tensor, taps: torch.Tensor, radius: int) -> torch.Tensor:
-    """Both directions of the separable blur as grouped convolutions (the CUDA path)."""
-    n, c, h, w = x.shape
-    taps = taps.repeat_interleave(c, dim=0)  # (N*C, K)
-    y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), taps.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), taps.view(n * c, 1, -1, 1), groups=n * c)
-    return y.reshape(n, c, h, w)
+    return _blur_shifted(_blur_shifted(x, taps, radius, -1), taps, radius, -2)
 
 
 def _blur_shifted(x: torch.Tensor, taps: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
@@ -244,7 +233,7 @@ class _Plan:
         self.blur = flags("blur", v.blur_p > 0)
         self.solarize = flags("solarize", v.solarize_p > 0)
         self.flip = flags("flip", v.flip_p > 0 and flip_here)
-        self.sigma = params["sigma"].to(device, torch.float32) if v.blur_p > 0 else None
+        self.sigma = params["sigma"].to(device, torch.float32, non_blocking=True) if v.blur_p > 0 else None
         # Jitter: per position k, (coef (3, B, 1, 1, 1) or None, blend flags, gray flags, hue flags).
         self.positions: list[tuple[Optional[torch.Tensor], list[bool], list[bool], list[bool]]] = []
         self.hue: Optional[torch.Tensor] = None
@@ -255,7 +244,7 @@ class _Plan:
         order = params["order"].to("cpu", torch.long)
         factors = torch.stack([params["brightness"], params["contrast"], params["saturation"]], 1).cpu().float()
         if strength[3] > 0:
-            self.hue = params["hue"].to(device, torch.float32)
+            self.hue = params["hue"].to(device, torch.float32, non_blocking=True)
         for k in range(4):
             op = order[:, k]
             # Coefficients of the fused blend; a disabled part (strength 0) is an identity.
@@ -472,7 +461,10 @@ class GPUAugment(torch.nn.Module):
             x = _on_rows(x, _select(plan.flip, start, stop, dev), lambda t: t.flip(-1))
         if not normalize:
             return x
-        x = x.sub_(self.mean.to(dev)).div_(self.std.to(dev))
+        mean, std = self.mean, self.std
+        if mean.device != dev:  # a module left on the CPU: copy without waiting for the device
+            mean, std = mean.to(dev, non_blocking=True), std.to(dev, non_blocking=True)
+        x = x.sub_(mean).div_(std)
         if not final:
             return x
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -226,6 +226,9 @@ class NvJpegLoader(JpegLoaderBase):
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvjpeg-read")
         self._cpu_only: set[int] = set()
         self.stats = {"bad_samples": 0, "replacements": 0, "cpu_decodes": 0}
+        # One side stream for the loader's life: a new stream per epoch would cycle through
+        # torch's stream pool, and memory cached for one stream is not reused by another.
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if self.device.type == "cpu" and not _warned_cpu:
             _warned_cpu = True
             log.warning("nvjpeg loader: no CUDA device, DECODING JPEGs ON THE CPU with torchvision (%d threads); "
@@ -279,7 +282,7 @@ class NvJpegLoader(JpegLoaderBase):
         try:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-                stream = torch.cuda.Stream(self.device)
+                stream = self._stream
             # On the GPU path the pool only reads files, so it reads the next batch while
             # this one decodes; on the CPU path the pool also decodes and crops, and queueing
             # the next batch's work ahead of this batch's crops would only delay it.
@@ -363,6 +366,11 @@ class NvJpegLoader(JpegLoaderBase):
                 else:
                     gpu.append(pos)
         if gpu:
+            # nvJPEG writes its outputs on torchvision's own stream, not on this (side)
+            # stream, yet the memory comes from this stream's pool, where the previous
+            # batch's images were just freed while its crops may still be queued here:
+            # let those finish before the decoder can reuse their memory.
+            torch.cuda.current_stream(self.device).synchronize()
             try:
                 for p, im in zip(gpu, decode_jpeg([datas[p] for p in gpu], mode=ImageReadMode.RGB,
                                                    device=self.device)):
@@ -413,7 +421,7 @@ class NvJpegLoader(JpegLoaderBase):
         else:
             out = crop_resize(imgs, boxes, size)
         if flips.any():
-            sel = torch.from_numpy(np.flatnonzero(flips)).to(out.device)
+            sel = torch.from_numpy(np.flatnonzero(flips)).to(out.device, non_blocking=True)
             out[sel] = out[sel].flip(-1)
         return out
 
