@@ -404,6 +404,24 @@ def _check_windows(params: np.ndarray, height: int, width: int) -> bool:
     return True
 
 
+_IMDECODE_JIT = None
+
+
+def _imdecode_jit():
+    """ffcv's libjpeg-turbo call compiled once per process and shared by every decoder.
+
+    Compiling it per loader (``Compiler.compile`` makes a new numba dispatcher each time)
+    gives several dispatchers of one function; when a loader is garbage-collected, numba's
+    finalizer then removes overloads another dispatcher already removed and prints a
+    ``KeyError`` traceback ("Exception ignored in: <finalize object ...>"), e.g. after every
+    kNN evaluation. It is not parallel, so one compiled version serves every thread count.
+    """
+    global _IMDECODE_JIT
+    if _IMDECODE_JIT is None:
+        _IMDECODE_JIT = Compiler.compile(_ffcv_imdecode)
+    return _IMDECODE_JIT
+
+
 class MultiViewCropDecoder(SimpleRGBImageDecoder):
     """Decode each JPEG of an ``RGBImageField`` once and emit one resized crop per view.
 
@@ -453,7 +471,7 @@ class MultiViewCropDecoder(SimpleRGBImageDecoder):
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(_ffcv_imdecode)
+        imdecode_c = _imdecode_jit()
         size = self.size
         n_views = self.num_views
         resize = self.eval_resize
