@@ -193,21 +193,44 @@ def _solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
-def _select(flags: list[bool], start: int, stop: int, device: torch.device) -> Optional[torch.Tensor]:
-    """Rows ``start:stop`` whose flag is set, local to that range: ``None`` = no rows, an
-    empty tensor = every row, else an index tensor on ``device``. The flags are host-side
-    Python booleans, so choosing rows never waits for the device."""
+#: At most this many runs of consecutive rows are processed as slices (views, no gather).
+_MAX_RUNS = 2
+
+
+def _select(flags: list[bool], start: int, stop: int, device: torch.device):
+    """Rows ``start:stop`` whose flag is set, local to that range.
+
+    ``None``: no rows; an empty tensor: every row; a list of ``(a, b)`` pairs: that many
+    runs of consecutive rows (at most :data:`_MAX_RUNS`, the usual case for the CPU's
+    small chunks: slices are views, no gather or scatter); else an index tensor on
+    ``device``. The flags are host-side Python booleans, so choosing rows never waits for
+    the device.
+    """
     local = [i - start for i in range(start, stop) if flags[i]]
     if not local:
         return None
     if len(local) == stop - start:
         return torch.empty(0, dtype=torch.long)
+    runs: list[tuple[int, int]] = []
+    for i in local:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    if len(runs) <= _MAX_RUNS:
+        return runs
     return torch.tensor(local, dtype=torch.long).to(device, non_blocking=True)
 
 
-def _on_rows(x: torch.Tensor, rows: Optional[torch.Tensor], fn, *per_row: torch.Tensor) -> torch.Tensor:
-    """Apply ``fn(x_rows, *per_row_rows)`` to the selected rows of ``x`` (see :func:`_select`)."""
+def _on_rows(x: torch.Tensor, rows, fn, *per_row: torch.Tensor) -> torch.Tensor:
+    """Apply ``fn(x_rows, *per_row_rows)`` to the selected rows of ``x`` (see :func:`_select`).
+
+    ``fn`` must not write into its input (it may get a view of ``x``)."""
     if rows is None:
+        return x
+    if isinstance(rows, list):
+        for a, b in rows:
+            x[a:b] = fn(x[a:b], *(p[a:b] for p in per_row))
         return x
     if rows.numel() == 0:
         return fn(x, *per_row)
