@@ -131,6 +131,18 @@ def test_cli_skips_bad_images_and_refuses_overwrite(tmp_path):
     assert (out / "train.beton").read_bytes() == before
 
 
+def test_packed_demo_is_known_as_the_demo(demo_root, folder, tmp_path):
+    """Packing the demo marks the output, so training on it runs at demo scale; packing
+    other data into that folder drops the mark."""
+    from fastairl.data.demo import is_demo_dataset
+
+    out = tmp_path / "packed"
+    write_ffcv(demo_root, out, max_side=64, workers=2, splits=["val"], progress=False)
+    assert is_demo_dataset(out) and not is_demo_dataset(folder)
+    write_ffcv(folder, out, workers=2, overwrite=True, progress=False)
+    assert not is_demo_dataset(out) and (out / "val.beton").is_file()
+
+
 def test_failed_write_leaves_no_beton(tmp_path, monkeypatch):
     """A run that dies while writing leaves neither a .beton nor a temporary file."""
     import ffcv.writer

@@ -686,7 +686,7 @@ def ensure_demo_packed(demo_root: Path) -> Path:
     if ready():
         return packed
     if all((packed / f).is_file() for f in ("train.beton", "val.beton", "classes.json")):
-        _mark_packed(demo_root, packed)  # packed by an earlier version without the marker
+        mark_packed(demo_root, packed)  # packed by an earlier version without the marker
         return packed
     with folder_lock(packed):
         if ready():
@@ -695,8 +695,7 @@ def ensure_demo_packed(demo_root: Path) -> Path:
         tmp = packed.parent / f"{packed.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            write_ffcv(demo_root, tmp, max_side=256, quality=90, workers=2, progress=False)
-            _mark_packed(demo_root, tmp)
+            write_ffcv(demo_root, tmp, max_side=256, quality=90, workers=2, progress=False)  # marks it too
             if packed.exists():  # an incomplete folder from an interrupted writer
                 shutil.rmtree(packed)
             tmp.rename(packed)
@@ -705,7 +704,7 @@ def ensure_demo_packed(demo_root: Path) -> Path:
     return packed
 
 
-def _mark_packed(demo_root: Path, packed: Path) -> None:
+def mark_packed(demo_root: Path, packed: Path) -> None:
     """The demo's DONE marker, copied beside the packed files (``is_demo_dataset``)."""
     done = dict(read_done(demo_root) or {"kind": DEMO_KIND})
     done["packed_from"] = str(demo_root)

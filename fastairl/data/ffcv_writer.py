@@ -164,6 +164,20 @@ def _resolve_data(data: Path | str) -> Path:
     return p
 
 
+def _mark_demo(root: Path, out: Path) -> None:
+    """Packed from the built-in demo: copy its marker, so ``--data <out>`` runs at demo scale.
+
+    A marker left in ``out`` by an earlier demo packing is dropped when other data is packed
+    there, so the folder is never mistaken for the demo.
+    """
+    from fastairl.data import demo
+
+    if demo.is_demo_dataset(root):
+        demo.mark_packed(root, out)
+    elif demo.is_demo_dataset(out):
+        (out / demo.DONE_NAME).unlink()
+
+
 def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: int = 90,
                workers: int | None = None, overwrite: bool = False,
                splits: Sequence[str] = ("train", "val"), progress: bool = True) -> dict:
@@ -280,6 +294,7 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
                                 "bytes": nbytes, "seconds": seconds,
                                 "mb_per_s": nbytes / 1e6 / seconds, "images_per_s": len(ok) / seconds}
 
+    _mark_demo(root, out)
     per = summary["splits"].values()
     summary.update(images=sum(p["images"] for p in per), skipped=sum(p["skipped"] for p in per),
                    bytes=sum(p["bytes"] for p in per), seconds=sum(p["seconds"] for p in per))
