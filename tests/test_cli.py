@@ -147,3 +147,24 @@ def test_empty_class_folder_is_named(tmp_path, demo_root):
                    *SMALL])
     assert res.returncode == 2
     assert "b_empty has no images" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("exp", ["moco_v2p", "supervised"])
+def test_demo_script_trains_and_reports_knn(exp, tmp_path, demo_root):
+    """data_prep/demo.py, what `make demo` runs, for one short epoch: it trains, prints the
+    kNN table of the trained and the random backbone, and keeps the supervised lr."""
+    from fastairl.config import load_experiment
+    res = run_cli(["data_prep/demo.py", "--exp", exp, "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                   "--output-dir", str(tmp_path), "--knn-k", "5", "--set", "image_size=32"], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = {}
+    for ln in res.stdout.splitlines():
+        for name in ("pre-trained", "random init"):
+            if ln.strip().startswith(name):
+                table[name] = [float(x) for x in ln.strip()[len(name):].split()]
+    assert set(table) == {"pre-trained", "random init"}, res.stdout
+    assert all(0 <= top1 <= top5 <= 100 for top1, top5 in table.values())
+    cfg = json.loads((tmp_path / exp / "config.json").read_text())
+    assert (cfg["arch"], cfg["image_size"], cfg["epochs"]) == ("resnet18", 32, 1)
+    assert cfg["lr"] == (load_experiment(exp).lr if exp == "supervised" else 0.5)
+    assert (tmp_path / exp / "last.pth").is_file()
