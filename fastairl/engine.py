@@ -32,7 +32,7 @@ from .config import Config
 from .data import build_loader, choose_loader, resolve_data
 from .data.augment import normalize_uint8
 from .data.base import LoaderSpec
-from .logging_utils import RunLogger
+from .logging_utils import RunLogger, progress_bar
 from .methods import build_method
 from .methods.supervised import topk_acc
 from .optim import LARS, lars_param_groups, lr_at
@@ -512,13 +512,12 @@ class Trainer:
         last: dict = {}
         bar = None
         if self.is_main and opts.progress:
-            from tqdm import tqdm
             total = self.total_steps - self.global_step
             if max_steps is not None:
                 total = min(total, max_steps)
             if opts.until_step is not None:
                 total = min(total, max(opts.until_step - self.global_step, 0))
-            bar = tqdm(total=total, dynamic_ncols=True, desc=cfg.name, unit="step", mininterval=1.0)
+            bar = progress_bar(total, cfg.name)
         self._install_signal_handlers()
         done = opts.until_step is not None and self.global_step >= opts.until_step
         epoch = self.start_epoch

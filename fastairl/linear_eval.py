@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from fastairl import distributed as fdist
 from fastairl.data.augment import normalize_uint8
+from fastairl.logging_utils import progress_bar
 from fastairl.knn import (add_device_flags, add_encoder_flags, autocast, check_positive_flags, gather_unique,
                           load_encoder, shard_indices, topk_hits)
 
@@ -454,12 +455,10 @@ class LinearEval:
         steps_this_run = 0
         bar = None
         if self.is_main and a.progress:
-            from tqdm import tqdm
             total = self.total_steps - self.global_step
             if max_steps is not None:
                 total = min(total, max_steps)
-            bar = tqdm(total=max(total, 0), dynamic_ncols=True, desc=self.run_dir.name, unit="step",
-                       mininterval=1.0)
+            bar = progress_bar(total, self.run_dir.name)
         self._install_signal_handlers()
         validated_at = None
         epoch_done = self.start_epoch

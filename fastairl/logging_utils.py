@@ -14,6 +14,18 @@ def setup_console(rank: int, level: int = logging.INFO) -> None:
                         stream=sys.stderr, force=True)
 
 
+def progress_bar(total: int, desc: str, unit: str = "step"):
+    """A tqdm bar, or None (with one warning) where tqdm is not installed: a bare machine
+    with only torch and torchvision still trains, just without the bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        logging.getLogger(__name__).warning("tqdm is not installed: no progress bar (pip install tqdm, "
+                                            "or make venv); progress goes to log.jsonl and the console log")
+        return None
+    return tqdm(total=max(total, 0), dynamic_ncols=True, desc=desc, unit=unit, mininterval=1.0)
+
+
 class RunLogger:
     """Writes metrics to ``log.jsonl`` and TensorBoard (rank 0 only)."""
 

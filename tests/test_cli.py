@@ -1,6 +1,7 @@
 """The trainer as a user runs it: every experiment for 2 steps, torchrun, resume from a
 reference-layout checkpoint, the run-folder rules and one-line errors for bad input."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,29 @@ def test_demo_script_trains_and_reports_knn(exp, tmp_path, demo_root):
     assert (cfg["arch"], cfg["image_size"], cfg["epochs"]) == ("resnet18", 32, 1)
     assert cfg["lr"] == (load_experiment(exp).lr if exp == "supervised" else 0.5)
     assert (tmp_path / exp / "last.pth").is_file()
+
+
+def test_trains_on_a_bare_torch_machine(tmp_path, demo_root):
+    """Only torch, torchvision, numpy and Pillow: ffcv, DALI, tqdm, TensorBoard, matplotlib,
+    scipy and scikit-image are made unimportable (package folders that raise, first on
+    PYTHONPATH). The nvjpeg backend trains from the packed demo, read by fastairl's own
+    reader, with the progress bar on; the missing extras are named once each."""
+    pytest.importorskip("ffcv", reason="packing the demo for this test needs ffcv")
+    from conftest import REPO
+    from fastairl.data.demo import ensure_demo_packed
+    packed = ensure_demo_packed(demo_root)
+    hide = tmp_path / "hide"
+    for pkg in ("ffcv", "tqdm", "tensorboard", "matplotlib", "scipy", "skimage", "nvidia/dali"):
+        (hide / pkg).mkdir(parents=True)
+        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by tests/test_cli.py")\n')
+    (hide / "nvidia" / "__init__.py").write_text("")  # a regular package, so nvidia.dali resolves here
+    res = run_cli(["fastairl/train.py", "--exp", "moco_v2p", "--data", str(packed), "--loader", "nvjpeg",
+                   "--device", "cpu", "--max-steps", "2", "--batch-size", "16", "--output-dir", str(tmp_path / "o")],
+                  env={"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(beton), " in res.stderr  # read from train.beton without ffcv
+    for extra in ("tqdm is not installed", "tensorboard is not installed"):
+        assert res.stderr.count(extra) == 1, res.stderr[-3000:]
+    run = tmp_path / "o" / "moco_v2p"
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    assert (run / "last.pth").is_file() and not (run / "tb").exists()
