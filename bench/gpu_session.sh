@@ -10,6 +10,12 @@
 #   bash bench/gpu_session.sh bench   # ~8 min: python bench/throughput.py --device cuda
 #
 # DEVICE=cpu rehearses the smoke part on a CPU machine (what CI-like machines can check).
+#
+# The benchmark's default data on a GPU is a photo set cut from the photographs that
+# scikit-image and matplotlib ship; a bare machine has neither. Export them first (on the
+# development machine: `python data_prep/make_photo_set.py --export-sources gpu-photos`,
+# about 6 MB) and carry the gpu-photos folder with the call: this script then points
+# FASTAIRL_PHOTO_SOURCES at it and the set is the same as on the development machine.
 set -u
 part=${1:-smoke}
 OUT=${OUT:-gpu-out}
@@ -66,6 +72,12 @@ EOF
     fi
     ;;
 bench)
+    if [ -d gpu-photos ]; then
+        export FASTAIRL_PHOTO_SOURCES="$PWD/gpu-photos"
+        log "photo set sources: $FASTAIRL_PHOTO_SOURCES"
+    else
+        log "no gpu-photos folder: without scikit-image or matplotlib the bench uses the procedural demo data"
+    fi
     timeout 570 "$PY" bench/throughput.py --device "$DEVICE" --out "$OUT/bench" --name gpu > "$OUT/bench.log" 2>&1
     log "bench rc=$? (report: $OUT/bench/gpu.md)"
     ;;

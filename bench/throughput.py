@@ -331,13 +331,13 @@ def _resolve_data(args: argparse.Namespace, device: str) -> tuple[Path, str]:
     """``--data``/``--photos`` -> (folder, kind), generating the demo or photo set on first use."""
     from fastairl.data import resolve_data
     if args.photos is not None:
-        return _photo_set(args.photos), "photos"
+        return _photo_set(args.photos)
     data = args.data
     if data is None and device == "cuda":
         n = CUDA_DEFAULT_PHOTOS
         log.info("--data not given on a GPU: using a set of %d real photographs at ImageNet sizes (--photos %d)",
                  n, n)
-        return _photo_set(n), "photos"
+        return _photo_set(n)
     data = data or "demo"
     try:
         root = resolve_data(data)
@@ -346,16 +346,18 @@ def _resolve_data(args: argparse.Namespace, device: str) -> tuple[Path, str]:
     return root, "demo" if data == "demo" else "folder"
 
 
-def _photo_set(n: int) -> Path:
+def _photo_set(n: int) -> tuple[Path, str]:
+    """The photo set of ``n`` images, or (where there are no photographs to cut) the
+    procedural demo data at a similar size, said loudly and named so in the report."""
     from fastairl.data.photos import ensure_photo_set
     try:
-        return ensure_photo_set(n_images=n)
-    except RuntimeError as e:  # neither scikit-image nor matplotlib: no photographs to cut
+        return ensure_photo_set(n_images=n), "photos"
+    except RuntimeError as e:  # neither scikit-image nor matplotlib nor FASTAIRL_PHOTO_SOURCES
         from fastairl.data.demo import ensure_demo_data
         per_class = max(100, math.ceil(n / 10))
         log.warning("no photo set (%s); USING THE PROCEDURAL DEMO DATA instead, %d train images per class",
                     _one_line(e), per_class)
-        return ensure_demo_data(train_per_class=per_class)
+        return ensure_demo_data(train_per_class=per_class), "demo (no photographs to cut a photo set from)"
 
 
 def _one_line(e: BaseException | str) -> str:

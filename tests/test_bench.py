@@ -295,3 +295,29 @@ def test_existing_report_is_not_overwritten(tmp_path):
     assert "mine.md already exists" in proc.stderr and "--overwrite" in proc.stderr
     assert (tmp_path / "mine.md").read_text() == "keep me\n"
     assert not (tmp_path / "mine.json").exists()
+
+
+def test_photo_set_on_a_machine_without_photographs(tmp_path):
+    """--photos where scikit-image and matplotlib are unimportable: with exported source
+    photographs (FASTAIRL_PHOTO_SOURCES) the photo set is cut as usual; without them the
+    procedural demo stands in, said in the log and named in the report's Data line."""
+    from fastairl.data.photos import export_source_photos
+    export_source_photos(tmp_path / "src")
+    hide = tmp_path / "hide"
+    for pkg in ("skimage", "matplotlib"):
+        (hide / pkg).mkdir(parents=True)
+        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by tests/test_bench.py")\n')
+    base = ["bench/throughput.py", "--photos", "16", *TINY, "--only", "loaders", "--loaders", "folder"]
+    env = {"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])}
+
+    proc = run_cli(base + ["--out", str(tmp_path / "a"), "--name", "r"], timeout=300,
+                   env={**env, "FASTAIRL_PHOTO_SOURCES": str(tmp_path / "src"), "FASTAIRL_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Data: "))
+    assert "photos-v1-n16" in data_line and "(photos)" in data_line
+
+    proc = run_cli(base + ["--out", str(tmp_path / "b"), "--name", "r"], env=env, timeout=300)  # the demo is cached
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "USING THE PROCEDURAL DEMO DATA" in proc.stderr
+    data_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Data: "))
+    assert "(demo (no photographs" in data_line and "(photos)" not in data_line

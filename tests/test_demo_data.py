@@ -471,3 +471,36 @@ def test_photo_set_without_scikit_image(tmp_path):
     assert lines[1].startswith("ERROR: no source photographs") and "scikit-image" in lines[1]
     assert r.stderr.count("scikit-image is not installed") == 1
     assert len(list((tmp_path / "b").rglob("*.JPEG"))) == 8
+
+
+_EXPORTED_SOURCES_CHILD = textwrap.dedent("""
+    import sys
+    sys.modules["skimage"] = None  # neither package: only the exported photographs
+    sys.modules["matplotlib"] = None
+    from fastairl.data.photos import make_photo_set
+    make_photo_set(sys.argv[1], n_images=16, num_classes=9, seed=3)
+""")
+
+
+def test_exported_source_photos_give_the_same_set(tmp_path, capsys):
+    """A machine without scikit-image and matplotlib, given the exported source
+    photographs through FASTAIRL_PHOTO_SOURCES, cuts the same JPEGs byte for byte."""
+    cli = _cli(PHOTO_CLI)
+    assert cli.main(["--export-sources", str(tmp_path / "src")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "src").iterdir())
+    assert len(pngs) == 9 and pngs[0] == "00_astronaut.png" and "05_grace_hopper.png" in pngs
+    assert cli.main(["--export-sources", str(tmp_path / "src")]) == 2  # never over an existing folder
+    assert "already exists" in capsys.readouterr().err
+
+    here = make_photo_set(tmp_path / "here", n_images=16, num_classes=9, seed=3, workers=1)
+    r = _run(["-c", _EXPORTED_SOURCES_CHILD, tmp_path / "there"], env={"FASTAIRL_PHOTO_SOURCES": str(tmp_path / "src")})
+    assert r.returncode == 0, r.stderr
+    rels = sorted(p.relative_to(here) for p in here.rglob("*.JPEG"))
+    assert len(rels) == 16 and rels == sorted(p.relative_to(tmp_path / "there")
+                                              for p in (tmp_path / "there").rglob("*.JPEG"))
+    for rel in rels:
+        assert (here / rel).read_bytes() == (tmp_path / "there" / rel).read_bytes()
+    assert read_done(here)["classes"] == read_done(tmp_path / "there")["classes"]
+
+    r = _run(["-c", _EXPORTED_SOURCES_CHILD, tmp_path / "none"], env={"FASTAIRL_PHOTO_SOURCES": str(tmp_path)})
+    assert r.returncode != 0 and "FASTAIRL_PHOTO_SOURCES" in r.stderr and "--export-sources" in r.stderr

@@ -20,6 +20,7 @@ and guarded by a file lock in :func:`ensure_photo_set`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -63,8 +64,44 @@ _MPL_PHOTOS = ("grace_hopper.jpg",)
 # Where grace_hopper goes in the class order (after the everyday scenes of skimage).
 _MPL_POSITION = 5
 
+#: A folder of ``NN_<name>.png`` files written by :func:`export_source_photos`. When set,
+#: it is the only source: a machine without scikit-image and matplotlib (a bare GPU
+#: machine) then cuts the same photo set as the machine that exported them (PNG is lossless).
+SOURCES_ENV = "FASTAIRL_PHOTO_SOURCES"
+
 _SOURCES: dict[str, np.ndarray] | None = None
 _warned_no_skimage = False
+
+
+def export_source_photos(out: Path | str) -> list[Path]:
+    """Write the source photographs of this machine to ``out`` as ``NN_<name>.png``, in
+    class order, for ``FASTAIRL_PHOTO_SOURCES`` elsewhere. Refuses an existing ``out``."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new folder for the exported photographs")
+    sources = load_source_photos()
+    tmp = out.parent / f"{out.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (name, arr) in enumerate(sources.items()):
+        Image.fromarray(arr).save(tmp / f"{k:02d}_{name}.png", optimize=False)
+        paths.append(out / f"{k:02d}_{name}.png")
+    tmp.rename(out)
+    return paths
+
+
+def _sources_from_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
+    files = sorted(folder.glob("[0-9][0-9]_*.png")) if folder.is_dir() else []
+    if not files:
+        raise RuntimeError(f"{SOURCES_ENV}={folder}: no NN_<name>.png photographs there; write them with "
+                           f"`python data_prep/make_photo_set.py --export-sources {folder}` on a machine "
+                           "with scikit-image, or unset the variable")
+    log.info("photo set sources: %d photographs from %s (%s)", len(files), folder, SOURCES_ENV)
+    loaded = []
+    for f in files:
+        with Image.open(f) as im:
+            loaded.append((f.stem.split("_", 1)[1], np.asarray(im.convert("RGB"))))
+    return loaded
 
 
 def _mpl_sample_dir() -> Path | None:
@@ -83,6 +120,10 @@ def load_source_photos() -> dict[str, np.ndarray]:
     """
     global _SOURCES, _warned_no_skimage
     if _SOURCES is not None:
+        return _SOURCES
+    folder = os.environ.get(SOURCES_ENV)
+    if folder:
+        _SOURCES = _checked_sources(_sources_from_folder(Path(folder).expanduser()))
         return _SOURCES
     sk: list[tuple[str, np.ndarray]] = []
     try:
@@ -112,7 +153,11 @@ def load_source_photos() -> dict[str, np.ndarray]:
                     mpl.append((Path(fname).stem, np.asarray(im.convert("RGB"))))
             else:
                 log.warning("matplotlib sample photo %s is missing", path)
-    ordered = sk[:_MPL_POSITION] + mpl + sk[_MPL_POSITION:]
+    _SOURCES = _checked_sources(sk[:_MPL_POSITION] + mpl + sk[_MPL_POSITION:])
+    return _SOURCES
+
+
+def _checked_sources(ordered: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     sources = {}
     for name, arr in ordered:
         if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
@@ -124,9 +169,8 @@ def load_source_photos() -> dict[str, np.ndarray]:
         raise RuntimeError(
             "no source photographs found: the photo set needs scikit-image (skimage.data) "
             "or matplotlib (mpl-data/sample_data/grace_hopper.jpg); install either, e.g. "
-            "`pip install scikit-image`"
+            f"`pip install scikit-image`, or point {SOURCES_ENV} at exported ones"
         )
-    _SOURCES = sources
     return sources
 
 
