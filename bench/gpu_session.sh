@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in two parts that each fit one 10-minute call on a
-# lent machine that has only torch, torchvision, numpy and Pillow (no ffcv, no DALI, no
+# Everything that needs a CUDA GPU, in parts that each fit one 10-minute call on a lent
+# machine that has only torch, torchvision, numpy and Pillow (no ffcv, no DALI, no
 # package index). Results go under $OUT (default ./gpu-out); read them, then copy the
 # numbers into bench/RESULTS.md with the card's name.
 #
+#   bash bench/gpu_session.sh prep    # HERE, before the calls: writes gpu-photos/ (the
+#                                     # photographs the photo set and the nvjpeg tests cut
+#                                     # from, 6 MB) and gpu-wheels/ (pytest, 2 MB); carry
+#                                     # both folders with each call
 #   bash bench/gpu_session.sh smoke   # ~3 min: CUDA facts, the nvJPEG GPU decode path,
-#                                     # the trainer end to end on it, the CUDA-only tests
-#                                     # (if pytest is importable)
+#                                     # the trainer end to end on it, the nvjpeg tests
+#                                     # (CUDA ones included) when gpu-wheels/ came along
 #   bash bench/gpu_session.sh bench   # ~8 min: python bench/throughput.py --device cuda
 #
-# DEVICE=cpu rehearses the smoke part on a CPU machine (what CI-like machines can check).
-#
-# The benchmark's default data on a GPU is a photo set cut from the photographs that
-# scikit-image and matplotlib ship; a bare machine has neither. Export them first (on the
-# development machine: `python data_prep/make_photo_set.py --export-sources gpu-photos`,
-# about 6 MB) and carry the gpu-photos folder with the call: this script then points
-# FASTAIRL_PHOTO_SOURCES at it and the set is the same as on the development machine.
+# DEVICE=cpu rehearses smoke and bench on a CPU machine (what CI-like machines can check).
+# Without gpu-photos/ a bare machine has no photographs (no scikit-image, no matplotlib):
+# the bench then measures the procedural demo data and its report's Data line says so.
 set -u
 part=${1:-smoke}
 OUT=${OUT:-gpu-out}
@@ -25,7 +25,22 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 log() { echo "[gpu_session $(date +%H:%M:%S)] $*" | tee -a "$OUT/session.log"; }
 
+# Carried folders: the exported photographs, and pytest's pure-Python wheels unpacked
+# into a folder of their own (a wheel is a zip; no pip, nothing installed into the
+# machine's Python).
+[ -d gpu-photos ] && export FASTAIRL_PHOTO_SOURCES="$PWD/gpu-photos"
+if [ "$part" != prep ] && [ -d gpu-wheels ] && ! "$PY" -c "import pytest" 2>/dev/null; then
+    for w in gpu-wheels/*.whl; do "$PY" -m zipfile -e "$w" .gpu-pylib || exit 1; done
+    export PYTHONPATH="$PWD/.gpu-pylib${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
 case "$part" in
+prep)
+    [ -d gpu-photos ] || "$PY" data_prep/make_photo_set.py --export-sources gpu-photos || exit 1
+    [ -d gpu-wheels ] || "$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --no-deps \
+        -d gpu-wheels pytest pytest-timeout pluggy iniconfig packaging pygments || exit 1
+    log "prep: carry gpu-photos ($(du -sh gpu-photos | cut -f1)) and gpu-wheels ($(du -sh gpu-wheels | cut -f1))"
+    ;;
 smoke)
     { command -v nvidia-smi >/dev/null && nvidia-smi
       "$PY" -c "import sys, torch, torchvision, numpy, PIL; print(sys.version); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
@@ -63,26 +78,26 @@ EOF
         --max-steps 20 --output-dir "$OUT/train" --overwrite > "$OUT/train_nvjpeg.log" 2>&1
     log "train nvjpeg rc=$? ($(grep -c 'images_per_s' "$OUT/train/moco_v2p/log.jsonl" 2>/dev/null) log rows)"
 
-    if "$PY" -c "import pytest, scipy, skimage" 2>/dev/null; then
-        timeout 600 "$PY" -m pytest -q -rs tests/test_nvjpeg.py tests/test_augment.py tests/test_dali.py \
-            > "$OUT/pytest_cuda.log" 2>&1
-        log "pytest rc=$? ($(tail -n 1 "$OUT/pytest_cuda.log"))"
+    # test_nvjpeg needs pytest and the photographs; test_augment and test_dali also scipy,
+    # scikit-image (and DALI), which only a full venv has.
+    # TESTS=... picks the files (the rehearsal in the test suite keeps to test_nvjpeg.py).
+    tests="tests/test_nvjpeg.py"
+    "$PY" -c "import scipy, skimage" 2>/dev/null && tests="$tests tests/test_augment.py tests/test_dali.py"
+    tests=${TESTS:-$tests}
+    if "$PY" -c "import pytest" 2>/dev/null; then
+        timeout 300 "$PY" -m pytest -q -rs -p no:cacheprovider $tests > "$OUT/pytest_cuda.log" 2>&1
+        log "pytest $tests rc=$? ($(tail -n 1 "$OUT/pytest_cuda.log"))"
     else
-        log "pytest/scipy/scikit-image not importable here: CUDA tests not run (carry their wheels to run them)"
+        log "pytest not importable here: the CUDA tests did not run (run 'prep' and carry gpu-wheels)"
     fi
     ;;
 bench)
-    if [ -d gpu-photos ]; then
-        export FASTAIRL_PHOTO_SOURCES="$PWD/gpu-photos"
-        log "photo set sources: $FASTAIRL_PHOTO_SOURCES"
-    else
-        log "no gpu-photos folder: without scikit-image or matplotlib the bench uses the procedural demo data"
-    fi
+    log "photo sources: ${FASTAIRL_PHOTO_SOURCES:-scikit-image/matplotlib if installed, else the demo data}"
     timeout 570 "$PY" bench/throughput.py --device "$DEVICE" --out "$OUT/bench" --name gpu > "$OUT/bench.log" 2>&1
     log "bench rc=$? (report: $OUT/bench/gpu.md)"
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh smoke|bench" >&2
+    echo "usage: bash bench/gpu_session.sh prep|smoke|bench" >&2
     exit 2
     ;;
 esac

@@ -321,3 +321,16 @@ def test_photo_set_on_a_machine_without_photographs(tmp_path):
     assert "USING THE PROCEDURAL DEMO DATA" in proc.stderr
     data_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Data: "))
     assert "(demo (no photographs" in data_line and "(photos)" not in data_line
+
+
+def test_gpu_session_smoke_rehearses_on_cpu(tmp_path, demo_root):
+    """bench/gpu_session.sh smoke with DEVICE=cpu (its rehearsal): every check ends rc=0."""
+    out = tmp_path / "gpu-out"
+    env = {**os.environ, "DEVICE": "cpu", "OUT": str(out), "PYTHON": sys.executable, "TESTS": "tests/test_nvjpeg.py"}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh"), "smoke"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "session.log").read_text()
+    for check in ("nvjpeg check rc=0", "train nvjpeg rc=0", "pytest tests/test_nvjpeg.py rc=0"):
+        assert check in log, log
+    assert "ok" == (out / "nvjpeg_check.txt").read_text().strip().splitlines()[-1]

@@ -21,7 +21,17 @@ from fastairl.data.base import LoaderSpec
 from fastairl.data.nvjpeg_loader import NvJpegLoader, build_nvjpeg_loader, jpeg_header
 from fastairl.data.recipes import eval_resize_size, get_recipe
 
-skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the test photographs")
+from fastairl.data.photos import load_source_photos  # noqa: E402
+
+# The test photographs: scikit-image's, or the same ones exported to FASTAIRL_PHOTO_SOURCES
+# (data_prep/make_photo_set.py --export-sources), so a bare GPU machine runs this file too.
+try:
+    _PHOTOS = load_source_photos()
+except RuntimeError:
+    _PHOTOS = {}
+if not {"astronaut", "chelsea", "coffee"} <= set(_PHOTOS):
+    pytest.skip("needs scikit-image's photographs (or FASTAIRL_PHOTO_SOURCES pointing at exported ones)",
+                allow_module_level=True)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SIZE = 32
@@ -31,7 +41,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _photo(k: int, j: int) -> np.ndarray:
-    src = [skdata.astronaut, skdata.chelsea, skdata.coffee][k]()
+    src = _PHOTOS[("astronaut", "chelsea", "coffee")[k]]
     h, w = 48 + 9 * j, 70 - 6 * j  # landscape, square-ish and portrait sizes
     return np.ascontiguousarray(src[20 * j:20 * j + h, 25 * j:25 * j + w])
 
