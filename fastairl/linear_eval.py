@@ -443,8 +443,8 @@ class LinearEval:
                "images": n, "best_acc1": self.best["acc1"], "best_acc5": self.best["acc5"]}
         self.logger.log(rec, self.global_step, prefix="val")
         if self.is_main:
-            log.info("epoch %g: val top-1 %.2f top-5 %.2f (%d images); best top-1 %.2f at epoch %g", epoch_done,
-                     res["acc1"], res["acc5"], n, self.best["acc1"], self.best["epoch"])
+            log.info("epoch %g: val top-1 %.2f top-5 %.2f (%d images); best top-1 %.2f at epoch %g",
+                     round(epoch_done, 2), res["acc1"], res["acc5"], n, self.best["acc1"], round(self.best["epoch"], 2))
         res["improved"] = improved
         return res
 
@@ -587,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         res = run.fit()
         if run.is_main:
             print(f"linear eval {res['arch']} {res['encoder']}: top-1 {res['last_acc1']:.2f} top-5 "
-                  f"{res['last_acc5']:.2f} (epoch {res['last_epoch']:g}); best top-1 {res['best_acc1']:.2f} "
-                  f"top-5 {res['best_acc5']:.2f} (epoch {res['best_epoch']:g})", flush=True)
+                  f"{res['last_acc5']:.2f} (epoch {round(res['last_epoch'], 2):g}); best top-1 {res['best_acc1']:.2f} "
+                  f"top-5 {res['best_acc5']:.2f} (epoch {round(res['best_epoch'], 2):g})", flush=True)
         return 0
     except BackboneChangedError as e:
         print(f"fastairl: error: {e}", file=sys.stderr)
