@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -80,14 +81,15 @@ def export_source_photos(out: Path | str) -> list[Path]:
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new folder for the exported photographs")
     sources = load_source_photos()
-    tmp = out.parent / f"{out.name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, (name, arr) in enumerate(sources.items()):
-        Image.fromarray(arr).save(tmp / f"{k:02d}_{name}.png", optimize=False)
-        paths.append(out / f"{k:02d}_{name}.png")
-    tmp.rename(out)
-    return paths
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"  # renamed into place once complete
+    tmp.mkdir(parents=True)
+    try:
+        for k, (name, arr) in enumerate(sources.items()):
+            Image.fromarray(arr).save(tmp / f"{k:02d}_{name}.png")
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(out.iterdir())
 
 
 def _sources_from_folder(folder: Path) -> list[tuple[str, np.ndarray]]:
