@@ -286,6 +286,12 @@ class Trainer:
             if self.probe is not None:
                 self.ddp_probe = nn.parallel.DistributedDataParallel(self.probe, **kw)
 
+        # Weights start identical on every rank (seeded above). From here on each rank draws
+        # its own augmentation choices: GPUAugment samples from the global generator, and a
+        # shared seed would give image i of every rank's batch the same jitter, blur and
+        # solarize decisions (the reference's loader workers each had their own stream).
+        torch.manual_seed(cfg.seed * 1_000_003 + 1 + d.rank)
+
         self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
         if self._resume_ckpt is not None:
             self._resume(self._resume_path, self._resume_ckpt)

@@ -44,12 +44,16 @@ def test_every_experiment_trains_two_steps(exp, tmp_path, demo_root):
 
 
 def test_torchrun_two_processes_and_resume(tmp_path, demo_root):
+    # nvjpeg hands over raw crops, so the batched augmentation module draws the colour ops
     args = ["fastairl/train.py", "--exp", "moco_v2p", "--data", "demo", "--output-dir", str(tmp_path),
-            "--max-steps", "2", *SMALL]
+            "--max-steps", "2", "--loader", "nvjpeg", *SMALL]
     res = torchrun(args)
     assert res.returncode == 0, res.stderr[-3000:]
     ck1 = torch.load(tmp_path / "moco_v2p" / "last.pth", weights_only=True)
     assert ck1["fastairl"]["world_size"] == 2 and int(ck1["model"]["module.queue_ptr"]) == 16  # 2 steps x 8 keys
+    # each rank drew its own augmentation choices: the ranks' random streams differ
+    r0, r1 = ck1["fastairl"]["rng"]
+    assert not torch.equal(r0["torch"], r1["torch"])
     # continue the same run for 2 more steps
     res = torchrun(args + ["--resume"])
     assert res.returncode == 0, res.stderr[-3000:]
