@@ -809,6 +809,12 @@ def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir:
             return _skip(row, f"{s.data} has neither a train/ folder nor a packed file")
         loader, workers = "nvjpeg", 1
     trainer = cycler = None
+    if p.compile:
+        # Every row compiles the same encoder classes: without a reset, the versions cached
+        # by earlier rows (other precisions and layouts) exhaust dynamo's recompile limit
+        # and later "compile" rows would quietly run eager.
+        from torch import _dynamo
+        _dynamo.reset()
     try:
         cfg = _exp_config(p.exp, s, world)
         opts = RunOptions(data=str(root), output_dir=str(workdir / f"row{index:03d}"), device=str(device.type),
@@ -878,6 +884,11 @@ def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir:
         if cycler is not None:
             row["epochs_crossed"] = cycler.crossings
     except Exception as e:
+        if world > 1:
+            # A torchrun worker: the other ranks would wait for this one in the next
+            # collective until the process group's timeout. Failing the process makes
+            # torchrun stop them all; the parent reports the scaling run as failed.
+            raise
         return _fail(row, e)
     finally:
         if cycler is not None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -334,3 +335,15 @@ def test_gpu_session_smoke_rehearses_on_cpu(tmp_path, demo_root):
     for check in ("nvjpeg check rc=0", "train nvjpeg rc=0", "pytest tests/test_nvjpeg.py rc=0"):
         assert check in log, log
     assert "ok" == (out / "nvjpeg_check.txt").read_text().strip().splitlines()[-1]
+
+
+def test_a_failing_row_fails_a_torchrun_worker(tmp_path, monkeypatch):
+    """In one process a row that raises becomes a failed row; in a torchrun worker it
+    raises, so torchrun stops the other ranks instead of leaving them in a collective."""
+    plan = tp.TrainRowPlan("no_such_exp", "ceiling", "off", False, False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    row = tp.bench_train_row(plan, _settings(), torch.device("cpu"), tmp_path, 0)
+    assert row["status"] == "failed" and "no_such_exp" in row["reason"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exception, match="no_such_exp"):
+        tp.bench_train_row(plan, _settings(), torch.device("cpu"), tmp_path, 1)
