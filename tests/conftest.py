@@ -27,6 +27,21 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.
                    timeout=timeout)
 
 
+def hidden_packages_env(tmp_path: Path, packages: list[str], by: str) -> dict:
+    """An environment in which ``import <package>`` fails as if it were not installed:
+    a folder of packages whose ``__init__`` raises, first on PYTHONPATH. A dotted name
+    written with ``/`` (``nvidia/dali``) gets empty parent packages, so only it fails."""
+    hide = tmp_path / "hide"
+    for pkg in packages:
+        (hide / pkg).mkdir(parents=True)
+        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by {by}")\n')
+        parent = Path(pkg).parent
+        while str(parent) != ".":
+            (hide / parent / "__init__.py").write_text("")
+            parent = parent.parent
+    return {"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])}
+
+
 @pytest.fixture(scope="session")
 def demo_root() -> Path:
     from fastairl.data.demo import ensure_demo_data

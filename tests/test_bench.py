@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
 
 from bench import throughput as tp  # noqa: E402
 
-from conftest import run_cli  # noqa: E402
+from conftest import hidden_packages_env, run_cli  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -247,11 +247,7 @@ def test_missing_ffcv_and_matplotlib_are_skipped_with_reasons(tmp_path, demo_roo
     """An environment where `import ffcv` and `import matplotlib` fail (real package
     directories that raise, put first on PYTHONPATH): the ffcv rows and the chart are named
     skipped with the reason, everything else still runs."""
-    hide = tmp_path / "hide"
-    for pkg in ("ffcv", "matplotlib"):
-        (hide / pkg).mkdir(parents=True)
-        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by tests/test_bench.py")\n')
-    env = {"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])}
+    env = hidden_packages_env(tmp_path, ["ffcv", "matplotlib"], "tests/test_bench.py")
     out = tmp_path / "out"
     proc = run_cli(["bench/throughput.py", "--data", "demo", *TINY, "--amp", "off", "--loaders", "ffcv",
                     "--out", str(out), "--name", "noffcv"], env=env, timeout=300)
@@ -304,12 +300,8 @@ def test_photo_set_on_a_machine_without_photographs(tmp_path):
     procedural demo stands in, said in the log and named in the report's Data line."""
     from fastairl.data.photos import export_source_photos
     export_source_photos(tmp_path / "src")
-    hide = tmp_path / "hide"
-    for pkg in ("skimage", "matplotlib"):
-        (hide / pkg).mkdir(parents=True)
-        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by tests/test_bench.py")\n')
+    env = hidden_packages_env(tmp_path, ["skimage", "matplotlib"], "tests/test_bench.py")
     base = ["bench/throughput.py", "--photos", "16", *TINY, "--only", "loaders", "--loaders", "folder"]
-    env = {"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])}
 
     proc = run_cli(base + ["--out", str(tmp_path / "a"), "--name", "r"], timeout=300,
                    env={**env, "FASTAIRL_PHOTO_SOURCES": str(tmp_path / "src"), "FASTAIRL_CACHE": str(tmp_path / "c")})

@@ -1,14 +1,13 @@
 """The trainer as a user runs it: every experiment for 2 steps, torchrun, resume from a
 reference-layout checkpoint, the run-folder rules and one-line errors for bad input."""
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli, torchrun
+from conftest import hidden_packages_env, run_cli, torchrun
 from test_layout import LAYOUT_FILE, layout
 
 SMALL = ["--set", "arch=resnet18", "--set", "image_size=64", "--set", "hidden_dim=64", "--set", "queue_size=64",
@@ -181,17 +180,13 @@ def test_trains_on_a_bare_torch_machine(tmp_path, demo_root):
     PYTHONPATH). The nvjpeg backend trains from the packed demo, read by fastairl's own
     reader, with the progress bar on; the missing extras are named once each."""
     pytest.importorskip("ffcv", reason="packing the demo for this test needs ffcv")
-    from conftest import REPO
     from fastairl.data.demo import ensure_demo_packed
     packed = ensure_demo_packed(demo_root)
-    hide = tmp_path / "hide"
-    for pkg in ("ffcv", "tqdm", "tensorboard", "matplotlib", "scipy", "skimage", "nvidia/dali"):
-        (hide / pkg).mkdir(parents=True)
-        (hide / pkg / "__init__.py").write_text(f'raise ImportError("{pkg} hidden by tests/test_cli.py")\n')
-    (hide / "nvidia" / "__init__.py").write_text("")  # a regular package, so nvidia.dali resolves here
+    env = hidden_packages_env(tmp_path, ["ffcv", "tqdm", "tensorboard", "matplotlib", "scipy", "skimage",
+                                         "nvidia/dali"], "tests/test_cli.py")
     res = run_cli(["fastairl/train.py", "--exp", "moco_v2p", "--data", str(packed), "--loader", "nvjpeg",
                    "--device", "cpu", "--max-steps", "2", "--batch-size", "16", "--output-dir", str(tmp_path / "o")],
-                  env={"PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])})
+                  env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(beton), " in res.stderr  # read from train.beton without ffcv
     for extra in ("tqdm is not installed", "tensorboard is not installed"):
