@@ -1,4 +1,5 @@
-# BYOL with LARS (lr 0.3 per 256; --set lr=0.45 for 100 epochs), wd 1e-6, SyncBN.
+# BYOL with LARS (lr per 256 by schedule length: 0.3 at 200/300 epochs, 0.45 at 100, set in
+# fastairl/config.py as the reference does; --set lr= wins), wd 1e-6, SyncBN.
 CONFIG = dict(
     method="byol", recipe="byol_asym",
     head="mlp_bn", dim=256, hidden_dim=4096, predictor=True, last_bias=True,

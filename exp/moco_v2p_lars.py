@@ -1,4 +1,5 @@
-# MoCo v2+ with LARS (lr 0.3 per 256; use --set lr=0.45 for 100 epochs), wd 1e-6,
+# MoCo v2+ with LARS (lr per 256 by schedule length: 0.3 at 200/300 epochs, 0.45 at 100,
+# set in fastairl/config.py as the reference does; --set lr= wins), wd 1e-6,
 # all-gather ("plain") SyncBN in both encoders. The reference crashes here (BN kind given
 # as a plain string); fastairl takes a per-encoder kind.
 CONFIG = dict(

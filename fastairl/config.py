@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +145,14 @@ def demo_scale_overrides(pairs: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in DEMO_SCALE.items() if k not in given]
 
 
+#: LARS base lr (per 256 images) by schedule length, as the reference sets it. The reference
+#: refuses any other length; fastairl keeps the experiment's lr there and says so once.
+LARS_LR_BY_EPOCHS = {100: 0.45, 200: 0.3, 300: 0.3}
+_warned_lars_epochs: set[int] = set()
+
+
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    given = set()
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
@@ -152,8 +161,36 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
         if key not in _FIELDS or key == "name":
             raise ConfigError(f"--set {key}: unknown config key; known keys: {', '.join(sorted(k for k in _FIELDS if k != 'name'))}")
         setattr(cfg, key, _convert(key, raw))
+        given.add(key)
+    if cfg.optimizer == "lars" and "lr" not in given:
+        _lars_lr_by_length(cfg)
     validate(cfg)
     return cfg
+
+
+def _lars_lr_by_length(cfg: Config) -> None:
+    """The reference's LARS lr for ``cfg.epochs`` (an explicit ``--set lr=`` wins)."""
+    if cfg.epochs in LARS_LR_BY_EPOCHS:
+        cfg.lr = LARS_LR_BY_EPOCHS[cfg.epochs]
+        return
+    if cfg.epochs not in _warned_lars_epochs and os.environ.get("RANK", "0") == "0":
+        _warned_lars_epochs.add(cfg.epochs)
+        logging.getLogger("fastairl").warning(
+            "LARS with %d epochs: the reference defines its lr only for %s epochs; keeping lr %g per 256 "
+            "(--set lr=... to choose)", cfg.epochs, "/".join(map(str, LARS_LR_BY_EPOCHS)), cfg.lr)
+
+
+def reference_warnings(cfg: Config, world_size: int, local_batch: int) -> list[str]:
+    """Settings under which the reference's published numbers cannot come out (logged at start)."""
+    out = []
+    if cfg.method == "moco" and cfg.shuffle_bn and world_size == 1:
+        out.append("ShuffleBN with one process is a no-op: the key encoder's BN batch is the whole batch "
+                   "either way (the reference shuffles across GPUs)")
+    if cfg.method == "moco" and cfg.shuffle_bn and local_batch != 32:
+        out.append(f"{cfg.name or 'this experiment'}: {local_batch} images per process; the reference's "
+                   f"published MoCo v1/v2 numbers used 32 per process (8 GPUs x 32), and ShuffleBN's "
+                   f"statistics depend on it")
+    return out
 
 
 def validate(cfg: Config) -> None:

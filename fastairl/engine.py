@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from . import distributed as fdist
-from .config import Config
+from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
 from .data.augment import normalize_uint8
 from .data.base import LoaderSpec
@@ -305,6 +305,8 @@ class Trainer:
                      opts.channels_last, self.loader_name, self.data_root)
             log.info("global batch %d (%d per process), %d steps/epoch, %d epochs, lr %.4g",
                      cfg.batch_size, self.local_batch, self.steps_per_epoch, cfg.epochs, self.base_lr)
+            for msg in reference_warnings(cfg, d.world_size, self.local_batch):
+                log.warning(msg)
 
     def _prepare_run_dir(self) -> None:
         prepare_run_dir(self.run_dir, self.is_main, bool(self.opts.resume), self.opts.overwrite)
@@ -462,7 +464,9 @@ class Trainer:
                 (self.scaler.scale(part_loss) if self.scaler is not None else part_loss).backward()
             loss = loss + part_loss.detach()
             if part == 0:
-                metrics, feats = out[1], out[2]
+                metrics = out[1]
+            if out[2] is not None:  # the probe view's features come from whichever part encodes it
+                feats = out[2]
         if self.scaler is not None:
             # fp16: the scaler skips steps whose gradients overflow; that is not an error
             if not self._finite(loss, None, step):

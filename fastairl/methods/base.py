@@ -24,6 +24,14 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def loss_precision(device_type: str):
+    """Autocast switched off, for a loss: the reference computes everything in fp32, and
+    autocast would cast the loss's matmuls (``q @ queue.t()``) back to bf16/fp16 whatever
+    their input dtype (measured: InfoNCE logits off by up to 0.004 under bf16). Inputs
+    must be upcast (:func:`upcast`) inside it."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 def cosine_momentum(base: float, step: int, total: int) -> float:
     """m = 1 - (1 - base) * (cos(pi k / K) + 1) / 2: base at k=0, 1 at k=K."""
     if total <= 0:
@@ -66,6 +74,11 @@ class SiameseMethod(nn.Module):
     (projector only), built the reference's way: the target starts as a copy."""
 
     uses_target = True
+    #: Which view's pooled backbone features the online probe trains on: the reference
+    #: feeds its probe the features of the *last* online forward, view 2 for the
+    #: symmetric methods (MoCo v2+, S-MoCo v2+, BYOL) and view 1 for MoCo v1/v2, whose
+    #: only online forward is view 1. ``forward`` returns the features of this view.
+    probe_view = 2
 
     def __init__(self, cfg, device: torch.device | str):
         super().__init__()
@@ -95,8 +108,12 @@ class SiameseMethod(nn.Module):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        """EMA of the target after optimizer step ``step`` (0-based) of ``total_steps``."""
-        m = self.momentum_at(step, total_steps)
+        """EMA of the target after optimizer step ``step`` (0-based) of ``total_steps``.
+
+        The cosine momentum is evaluated at k = step + 1, the number of steps done after
+        this one, as the reference does: the first EMA already uses k = 1 and the last one
+        m = 1. ``step`` is the global step, so a resumed run continues the same sequence."""
+        m = self.momentum_at(step + 1, total_steps)
         self.current_momentum = m
         momentum_update(self.target_encoder, self.online_encoder, m)
 

@@ -12,18 +12,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed as fdist
-from .base import SiameseMethod, upcast
+from .base import SiameseMethod, loss_precision, upcast
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
     """Cross-entropy of the positive (q.k) against the queue negatives (q.queue).
 
-    ``q``, ``k``: (B, D) normalised; ``queue``: (K, D) normalised. Returns (loss, logits)."""
-    l_pos = (q * k).sum(1, keepdim=True)
-    l_neg = q @ queue.t()
-    logits = torch.cat([l_pos, l_neg], 1) / temperature
-    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels), logits
+    ``q``, ``k``: (B, D) normalised; ``queue``: (K, D) normalised. Returns (loss, logits).
+    Computed in (at least) fp32 with autocast off, as the fp32 reference."""
+    with loss_precision(q.device.type):
+        q, k, queue = upcast(q), upcast(k), upcast(queue)
+        l_pos = (q * k).sum(1, keepdim=True)
+        l_neg = q @ queue.t()
+        logits = torch.cat([l_pos, l_neg], 1) / temperature
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels), logits
 
 
 def topk_positive_acc(logits: torch.Tensor, ks=(1, 5)) -> list[float]:
@@ -66,6 +69,7 @@ class MoCo(SiameseMethod):
         super().__init__(cfg, device)
         self.temperature = cfg.temperature
         self.symmetric = cfg.symmetric
+        self.probe_view = 2 if cfg.symmetric else 1  # the last online forward's view
         self.shuffle_bn = cfg.shuffle_bn
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
@@ -96,14 +100,16 @@ class MoCo(SiameseMethod):
         """``part=None``: the whole loss. ``part=0``: encodes the keys of both views and
         returns the first term (online view 1 vs target view 2); ``part=1`` (after part 0's
         backward): the second term (online view 2 vs target view 1). The queue is read, not
-        copied: it only changes in :meth:`after_step`, after every backward."""
+        copied: it only changes in :meth:`after_step`, after every backward. The probe
+        features are those of :attr:`probe_view` (view 2 when symmetric, returned by
+        part 1 when split; view 1 otherwise)."""
         x1, x2 = views[0], views[1]
         queue = self.queue.detach()
         if part == 1:
-            q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
-            loss2, _ = info_nce(q2, self._k1, queue, self.temperature)
+            q2, feat2 = self.online_encoder(x2, return_features=True)
+            loss2, _ = info_nce(F.normalize(upcast(q2), dim=1), self._k1, queue, self.temperature)
             self._k1 = None
-            return loss2, {}, None
+            return loss2, {}, feat2.detach()
         q1, feat1 = self.online_encoder(x1, return_features=True)
         q1 = F.normalize(upcast(q1), dim=1)
         if not self.symmetric:
@@ -116,12 +122,15 @@ class MoCo(SiameseMethod):
             pick = int(torch.randint(2, (1,), generator=self._view_gen))
             self._pending_keys = (k1, k2)[pick]
             if part is None:
-                q2 = F.normalize(upcast(self.online_encoder(x2)), dim=1)
-                loss = loss + info_nce(q2, k1, queue, self.temperature)[0]
+                q2, feat2 = self.online_encoder(x2, return_features=True)
+                loss = loss + info_nce(F.normalize(upcast(q2), dim=1), k1, queue, self.temperature)[0]
             else:
                 self._k1 = k1
         acc1, acc5 = topk_positive_acc(logits.detach())
-        return loss, {"inst_acc1": acc1, "inst_acc5": acc5}, feat1.detach()
+        metrics = {"inst_acc1": acc1, "inst_acc5": acc5}
+        if self.probe_view == 1:
+            return loss, metrics, feat1.detach()
+        return loss, metrics, (feat2.detach() if part is None else None)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

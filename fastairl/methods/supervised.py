@@ -8,7 +8,13 @@ import torch.nn.functional as F
 
 from ..models.norm import convert_bn
 from ..models.resnet import build_encoder
-from .base import upcast
+from .base import loss_precision, upcast
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the logits upcast to fp32, autocast off (the reference is fp32)."""
+    with loss_precision(logits.device.type):
+        return F.cross_entropy(upcast(logits), labels)
 
 
 def topk_acc(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[float]:
@@ -31,7 +37,7 @@ class Supervised(nn.Module):
 
     def forward(self, views, labels):
         logits = self.encoder(views[0])
-        loss = F.cross_entropy(upcast(logits), labels)
+        loss = supervised_loss(logits, labels)
         acc1, acc5 = topk_acc(logits.detach(), labels)
         return loss, {"acc1": acc1, "acc5": acc5}, None
 

@@ -33,9 +33,14 @@ class Encoder(ResNet):
         self.fc = nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled output of the last stage: (B, feat_dim)."""
+        """Global-average-pooled output of the last stage: (B, feat_dim), always at least
+        fp32. Under autocast the stages run in bf16/fp16, but the 49-value mean is taken
+        in fp32 (pooling is not an autocast op, so it would otherwise average in bf16):
+        the online probe, linear evaluation and kNN all read these features."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         return torch.flatten(self.avgpool(x), 1)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
