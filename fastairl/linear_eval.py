@@ -6,19 +6,25 @@ The protocol (REFERENCE.md, "Linear evaluation"), kept as is:
   on request) is frozen *and in eval mode*, so its BN layers use their running statistics
   and nothing of it changes; the feature is the global-average-pooled last stage (2048-d
   for ResNet-50/101, 512-d for ResNet-18/34);
-* the classifier is ``Linear(feat, classes)``, optionally after an affine-free
-  ``BatchNorm1d`` (``--bn``), trained with cross-entropy on augmented images (recipe
+* the classifier is ``Linear(feat, classes)`` with PyTorch's default init, optionally
+  followed by an affine ``BatchNorm1d(classes)`` (``--bn``; the BN comes *after* the
+  Linear, as in the reference), trained with cross-entropy on augmented images (recipe
   ``supervised``: random-resized crop 0.08-1 + flip) and validated on the eval transform
   (resize to 256/224 of the crop, centre crop);
 * default: SGD lr 30 x batch/256, momentum 0.9, wd 0, batch 256, 100 epochs, x0.1 at
   epochs 60 and 80, validate every 20 epochs, report the best top-1 (and its top-5);
 * ``--large-norm-config`` (for LARS-trained models, whose features have a different
-  scale): lr 0.2 x batch/256, batch 1024, 80 epochs, Nesterov, cosine per iteration.
+  scale): lr 0.2, batch 256, 80 epochs, Nesterov, cosine per iteration. The reference
+  means batch 1024 with a scaled lr, but it overwrites the scaled lr with a fixed 0.2 and
+  sets the batch only after its loader is built, so what it runs (and what its numbers
+  come from) is lr 0.2 at batch 256; that is the preset. ``--batch-size B`` gives
+  lr 0.2 x B/256 (logged).
 
 What fastairl adds around it, none of which changes the protocol's numbers: torchrun DDP
 (the classifier in DDP, each rank its own shard), AMP and channels_last for the backbone's
-forward (which runs under ``torch.no_grad``; the classifier itself trains in fp32, so no
-gradient scaler is ever needed, even with ``--amp fp16``), any loader backend (uint8 crops
+trunk (under ``torch.no_grad``; the pooled features are averaged in fp32 and the
+classifier and its loss run in fp32 outside autocast, so no gradient scaler is ever
+needed, even with ``--amp fp16``), any loader backend (uint8 crops
 from ffcv go through the batched augmentation on the device), exact validation under DDP
 (padded duplicates of the eval sampler are dropped by dataset index), atomic checkpoints
 with mid-epoch ``--resume``, TensorBoard + ``log.jsonl``, and a bit-for-bit check that
@@ -63,7 +69,7 @@ log = logging.getLogger("fastairl")
 PRESETS: dict[str, dict] = {
     "default": {"lr": 30.0, "batch_size": 256, "epochs": 100, "momentum": 0.9, "weight_decay": 0.0,
                 "nesterov": False, "schedule": "multistep", "milestones": (60, 80)},
-    "large_norm": {"lr": 0.2, "batch_size": 1024, "epochs": 80, "momentum": 0.9, "weight_decay": 0.0,
+    "large_norm": {"lr": 0.2, "batch_size": 256, "epochs": 80, "momentum": 0.9, "weight_decay": 0.0,
                    "nesterov": True, "schedule": "cosine", "milestones": ()},
 }
 EVAL_EVERY = 20
@@ -129,21 +135,34 @@ def check_frozen(reference: dict[str, str], module: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- classifier
+#: Layout tag of the classifier in linear-eval checkpoints (``linear.*`` then ``bn.*``).
+HEAD_LAYOUT = "linear_then_bn"
+
+
 class LinearClassifier(nn.Module):
-    """[affine-free BatchNorm1d] -> Linear, initialised N(0, 0.01) / 0 as in the reference's
-    linear protocol (small weights: the lr of 30 would blow up a default-initialised layer)."""
+    """Linear -> [affine BatchNorm1d(classes)], as the reference's linear protocol: the
+    Linear keeps PyTorch's default init and ``--bn`` normalises the logits, not the
+    features."""
 
     def __init__(self, feat_dim: int, num_classes: int, bn: bool = False):
         super().__init__()
-        self.bn = nn.BatchNorm1d(feat_dim, affine=False) if bn else None
         self.linear = nn.Linear(feat_dim, num_classes)
-        nn.init.normal_(self.linear.weight, std=0.01)
-        nn.init.zeros_(self.linear.bias)
+        self.bn = nn.BatchNorm1d(num_classes) if bn else None
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        if self.bn is not None:
-            f = self.bn(f)
-        return self.linear(f)
+        out = self.linear(f)
+        return self.bn(out) if self.bn is not None else out
+
+
+def check_head_layout(ck: dict, path) -> None:
+    """Refuse, in one line, a linear-eval checkpoint whose ``--bn`` classifier has the old
+    layout (affine-free BN on the features before the Linear); without ``--bn`` the layout
+    never changed, so those checkpoints resume as before."""
+    from fastairl.engine import UserError
+    if ck.get("bn") and "bn.weight" not in ck.get("classifier", {}):
+        raise UserError(f"--resume: {path} was written by an older fastairl whose --bn put an affine-free BN "
+                        f"before the Linear; --bn now follows the reference (BN after the Linear), so that "
+                        f"run cannot be continued: start a new run (another --name, or --overwrite)")
 
 
 def lr_for(schedule: str, base_lr: float, epoch: int, step: int, total_steps: int,
@@ -197,6 +216,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         except ValueError:
             raise UserError(f"--milestones {args.milestones}: expected comma-separated epochs, e.g. 60,80") from None
     s = Settings(eval_every=args.eval_every, **pre)
+    if args.large_norm_config and args.batch_size is not None and args.lr is None:
+        log.info("--large-norm-config with --batch-size %d: lr 0.2 x %d/256 = %.4g (the reference ran 0.2 at "
+                 "batch 256)", s.batch_size, s.batch_size, s.lr * s.batch_size / 256.0)
     check_positive_flags((("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", args.image_size)),
                          args.image_size)
     if s.lr <= 0:
@@ -337,6 +359,7 @@ class LinearEval:
             raise UserError(f"--resume: {path} was trained on another backbone (tensor '{diff[0]}' differs); "
                             f"give the same --ckpt/--encoder as the first run ({ck['backbone'].get('ckpt')}, "
                             f"{ck['backbone'].get('encoder')})")
+        check_head_layout(ck, path)
         try:
             self.head.load_state_dict(ck["classifier"])
         except RuntimeError:
@@ -369,6 +392,7 @@ class LinearEval:
             "epochs_done": epoch + (1 if batch_in_epoch >= self.steps_per_epoch else 0),
             "best": self.best, "last_val": self.last_val,
             "num_classes": self.num_classes, "feat_dim": self.backbone.feat_dim, "bn": bool(self.args.bn),
+            "head_layout": HEAD_LAYOUT,
             "backbone": {**self.desc, "fingerprint": self.fingerprint},
             "settings": {**vars(self.s), "milestones": list(self.s.milestones)},
         }
@@ -548,11 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Linear evaluation of a frozen backbone (the reference protocol); "
                                             "single process or torchrun.")
     add_encoder_flags(p, "which encoder (auto: online if present, else supervised, else target)")
-    p.add_argument("--bn", action="store_true", help="affine-free BatchNorm1d before the linear layer")
+    p.add_argument("--bn", action="store_true", help="BatchNorm1d(classes) after the linear layer (the reference's)")
     p.add_argument("--large-norm-config", action="store_true",
-                   help="lr 0.2 x batch/256, batch 1024, 80 epochs, Nesterov, cosine (for LARS-trained models)")
+                   help="lr 0.2, batch 256, 80 epochs, Nesterov, cosine (for LARS-trained models; what the "
+                        "reference runs); with --batch-size B the lr is 0.2 x B/256")
     p.add_argument("--lr", type=float, help="lr per 256 images (default 30, or 0.2 with --large-norm-config)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 256, or 1024 with --large-norm-config)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 256; the lr scales with it)")
     p.add_argument("--epochs", type=int, help="epochs (default 100, or 80 with --large-norm-config)")
     p.add_argument("--milestones", help="epochs of the x0.1 steps, comma-separated (default 60,80)")
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")

@@ -329,3 +329,50 @@ def test_linear_eval_bad_input(tmp_path):
     one_line_error(run(LIN + ["--ckpt", str(missing), "--output-dir", str(tmp_path)]), str(missing))
     one_line_error(run(LIN + ["--random-init", "--arch", "resnet18", "--batch-size", "0"]), "--batch-size")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ----------------------------------------------------------------------------- reference presets (issue 14)
+def _settings(*argv):
+    from fastairl.linear_eval import build_parser, resolve_settings
+    return resolve_settings(build_parser().parse_args(list(argv)))
+
+
+def test_large_norm_preset_is_what_the_reference_runs(caplog):
+    """REFERENCE.md: lr 0.2 (not scaled), batch 256, 80 epochs, Nesterov, cosine."""
+    s = _settings("--large-norm-config")
+    assert (s.lr * s.batch_size / 256, s.batch_size, s.epochs, s.nesterov, s.schedule) == (0.2, 256, 80, True, "cosine")
+    import logging
+    with caplog.at_level(logging.INFO, logger="fastairl"):
+        s = _settings("--large-norm-config", "--batch-size", "1024")
+    assert s.lr * s.batch_size / 256 == pytest.approx(0.8)
+    assert any("0.2 x 1024/256" in r.getMessage() for r in caplog.records)
+    d = _settings()
+    assert (d.lr, d.batch_size, d.epochs, d.schedule, d.milestones) == (30.0, 256, 100, "multistep", (60, 80))
+
+
+def test_classifier_is_default_linear_then_affine_bn():
+    from fastairl.linear_eval import LinearClassifier
+    torch.manual_seed(7)
+    head = LinearClassifier(64, 10, bn=True)
+    torch.manual_seed(7)
+    ref = torch.nn.Linear(64, 10)  # PyTorch's default init, drawn the same way
+    assert torch.equal(head.linear.weight, ref.weight) and torch.equal(head.linear.bias, ref.bias)
+    assert isinstance(head.bn, torch.nn.BatchNorm1d) and head.bn.num_features == 10 and head.bn.affine
+    head.train()
+    f = torch.randn(16, 64)
+    out = head(f)
+    z = ref(f)
+    want = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + head.bn.eps)  # BN of the logits
+    assert torch.allclose(out, want, atol=1e-5)
+    assert set(LinearClassifier(64, 10).state_dict()) == {"linear.weight", "linear.bias"}
+
+
+def test_old_bn_before_linear_checkpoint_is_refused_clearly(tmp_path):
+    from fastairl.engine import UserError
+    from fastairl.linear_eval import check_head_layout
+    old = {"bn": True, "classifier": {"bn.running_mean": torch.zeros(64), "bn.running_var": torch.ones(64),
+                                      "bn.num_batches_tracked": torch.tensor(0), "linear.weight": torch.zeros(10, 64),
+                                      "linear.bias": torch.zeros(10)}}
+    with pytest.raises(UserError, match=r"old\.pth.*older fastairl.*BN after the Linear.*new run"):
+        check_head_layout(old, tmp_path / "old.pth")
+    check_head_layout({"bn": False, "classifier": {"linear.weight": torch.zeros(10, 64)}}, tmp_path / "a.pth")
