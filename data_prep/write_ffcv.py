@@ -2,8 +2,14 @@
 """Pack an ImageNet-style folder into FFCV files for fastairl's ffcv backend.
 
     python data_prep/write_ffcv.py --data /imagenet --out /data/in1k [--max-side 512]
-        [--quality 90] [--workers N] [--splits train,val] [--overwrite]
+        [--quality 90] [--workers N] [--splits train,val] [--shuffle-seed 0 | --no-shuffle]
+        [--overwrite]
 
+The train split is written in a seeded shuffled order (``--shuffle-seed``, default 0;
+``--no-shuffle`` keeps ImageFolder's class-sorted order): fastairl's default sample
+order is a full random permutation per epoch whatever the file order, but its
+memory-saving ``sample_order=quasi_random`` only mixes a few file pages at a time and
+needs a shuffled file. Labels travel with their images; val keeps ImageFolder order.
 ``--data demo`` packs the small built-in dataset (generated on first use). Output:
 ``<out>/train.beton``, ``<out>/val.beton``, ``<out>/classes.json`` and
 ``<out>/skipped.txt`` (unreadable images, with the reason; they are left out, the run
@@ -30,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for checking and encoding (default: all CPUs)")
     p.add_argument("--splits", default="train,val", help="comma-separated splits to pack (default train,val)")
+    p.add_argument("--shuffle-seed", type=int, default=0,
+                   help="seed of the train split's shuffled file order (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="write train in ImageFolder (class-sorted) order")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -43,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = write_ffcv(args.data, args.out, max_side=args.max_side, quality=args.quality,
                              workers=args.workers, overwrite=args.overwrite, splits=splits,
-                             progress=not args.quiet)
+                             progress=not args.quiet,
+                             shuffle_seed=None if args.no_shuffle else args.shuffle_seed)
     except OutputExistsError as e:
         print(f"write_ffcv.py: error: {e}", file=sys.stderr)
         return 2

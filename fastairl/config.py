@@ -76,6 +76,11 @@ class Config:
     log_every: int = 10
     knn_every: int = 0
     max_bad_share: float = 0.01       # stop when more than this share of the images is unreadable
+    # training sample order: "random" = a full seeded permutation per epoch on every backend and
+    # world size (the reference's DistributedSampler); "quasi_random" = ffcv's page-aware order
+    # (ffcv loader, one process): less memory for a file larger than RAM, but it mixes only a
+    # few pages at a time, so it needs a file written shuffled (data_prep/write_ffcv.py does)
+    sample_order: str = "random"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +215,7 @@ def validate(cfg: Config) -> None:
         ("schedule", cfg.schedule in ("warmcos", "multistep", "cosine"), "warmcos, multistep, cosine"),
         ("momentum_schedule", cfg.momentum_schedule in ("cosine", "fixed"), "cosine, fixed"),
         ("probe_schedule", cfg.probe_schedule in ("multistep_epochs", "cosine"), "multistep_epochs, cosine"),
+        ("sample_order", cfg.sample_order in ("random", "quasi_random"), "random, quasi_random"),
     ]
     for key, ok, choices in checks:
         if not ok:

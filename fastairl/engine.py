@@ -222,11 +222,14 @@ class Trainer:
         if self.loader_name == "ffcv" and opts.data == "demo":
             from .data.demo import ensure_demo_packed
             self.data_root = ensure_demo_packed(self.data_root)
+        if cfg.sample_order != "random" and self.loader_name != "ffcv":
+            raise UserError(f"sample_order={cfg.sample_order} is ffcv's page-aware order; the {self.loader_name} "
+                            f"loader always uses a full random permutation (use --loader ffcv or sample_order=random)")
         workers = opts.workers if opts.workers is not None else cfg.workers
         spec = LoaderSpec(root=str(self.data_root), split="train", recipe=cfg.recipe, image_size=cfg.image_size,
                           batch_size=self.local_batch, rank=d.rank, world_size=d.world_size,
                           device=str(self.device), workers=workers, seed=cfg.seed, train=True,
-                          extra={"max_bad_share": cfg.max_bad_share})
+                          extra={"max_bad_share": cfg.max_bad_share, "order": cfg.sample_order})
         self.loader = build_loader(self.loader_name, spec)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:

@@ -41,7 +41,7 @@ seed get the same views, the preview tool can report every window, and the nvjpe
 dali backends (same rule, same seeding) draw the same windows for the same batch of
 image sizes. (Drawing inside the numba threads would give each thread its own
 unseedable stream.) The sample *order* comes from ffcv's traversal orders, seeded with
-``spec.seed`` and the epoch.
+``spec.seed`` and the epoch: a full random permutation by default (see :class:`FFCVLoader`).
 """
 from __future__ import annotations
 
@@ -607,16 +607,21 @@ class FFCVLoader:
     :meth:`crop_params` for the samples :meth:`batch_indices` lists. On CUDA the batch is
     copied from ffcv's pinned buffers with ``non_blocking=True`` on ffcv's own streams.
 
-    Training (``spec.train``): shuffled, last partial batch dropped; ``QUASI_RANDOM``
-    order on one process (ffcv's page-aware shuffle), ``RANDOM`` with
-    ``distributed=True`` when ``world_size > 1`` (ffcv's only distributed shuffle: a
-    torch ``DistributedSampler`` seeded with ``spec.seed`` whose epoch is set by
-    :meth:`set_epoch`). Validation: one centre view, file order, nothing dropped (with
+    Training (``spec.train``): last partial batch dropped; by default ffcv's ``RANDOM``
+    order, a full permutation per epoch seeded by ``spec.seed`` and the epoch (with
+    ``world_size > 1`` ffcv's distributed variant: a torch ``DistributedSampler`` with
+    that seed), as the reference's seeded DistributedSampler. ``order="quasi_random"``
+    (one process only) is ffcv's page-aware shuffle: it keeps only a few file pages in
+    memory at a time, so it suits a file larger than RAM, but it mixes only those pages,
+    and on a class-sorted file (ImageFolder order) its batches hold far fewer classes
+    (measured on ImageNet: ~185 distinct of 256 instead of ~226), which changes BN
+    batches, MoCo negatives and the supervised numbers; use it only with a file written
+    shuffled (``data_prep/write_ffcv.py`` does by default). Validation: one centre view, file order, nothing dropped (with
     several ranks, ffcv's sampler pads the last shard with repeats, like torch's).
 
     ``spec.extra`` keys: ``os_cache`` (default True: memory-map the file and let the OS
     cache it; False reads it into this process), ``batches_ahead`` (default 3),
-    ``order`` ("quasi_random" or "random", one process only), ``dct_scaling``
+    ``order`` ("random", the default, or "quasi_random", one process only), ``dct_scaling``
     (default True). ffcv sets torch's CPU thread count to ``spec.workers`` while it runs.
     """
 
@@ -654,17 +659,19 @@ class FFCVLoader:
         self.num_views = decoder.num_views
 
         distributed = spec.world_size > 1
+        name = str(extra.get("order", "random")).lower()
+        orders = {"quasi_random": OrderOption.QUASI_RANDOM, "random": OrderOption.RANDOM}
+        if name not in orders:
+            raise ValueError(f"sample order {name!r}; choose one of {sorted(orders)}")
         if distributed:
             self._check_process_group()
+            if spec.train and name == "quasi_random":
+                raise ValueError(f"sample order quasi_random works with one process only (ffcv has no "
+                                 f"distributed quasi-random order); {spec.world_size} processes need "
+                                 f"sample_order=random")
             order = OrderOption.RANDOM if spec.train else OrderOption.SEQUENTIAL
-        elif spec.train:
-            name = str(extra.get("order", "quasi_random")).lower()
-            orders = {"quasi_random": OrderOption.QUASI_RANDOM, "random": OrderOption.RANDOM}
-            if name not in orders:
-                raise ValueError(f"spec.extra['order']={name!r}; choose one of {sorted(orders)}")
-            order = orders[name]
         else:
-            order = OrderOption.SEQUENTIAL
+            order = orders[name] if spec.train else OrderOption.SEQUENTIAL
 
         self.device = torch.device(spec.device)
         tail = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []

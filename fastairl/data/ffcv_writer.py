@@ -5,6 +5,12 @@ Why these choices:
 * **Labels in ImageFolder order** (sorted class folder names, files sorted within a
   class) so a model trained on the packed files and one trained by the reference's
   ImageFolder agree on what label 17 means; the names go to ``classes.json``.
+* **Train split in a seeded shuffled order on request** (``shuffle_seed``; the
+  ``data_prep/write_ffcv.py`` CLI does it by default, seed 0): ImageFolder order is
+  class-sorted, and ffcv's page-aware ``quasi_random`` order (fastairl's memory-saving
+  option) only mixes a few pages at a time, so on a class-sorted file its batches hold far
+  fewer classes than a random permutation's. Each sample keeps its own label; val stays in
+  ImageFolder order (evaluation reads it in file order).
 * **JPEG, long side capped** (``max_side``, default 512, quality 90): the random crops
   of training rarely need more pixels, and a smaller JPEG decodes faster; this is the
   usual FFCV ImageNet setting.
@@ -180,11 +186,14 @@ def _mark_demo(root: Path, out: Path) -> None:
 
 def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: int = 90,
                workers: int | None = None, overwrite: bool = False,
-               splits: Sequence[str] = ("train", "val"), progress: bool = True) -> dict:
+               splits: Sequence[str] = ("train", "val"), progress: bool = True,
+               shuffle_seed: int | None = None) -> dict:
     """Pack ``data/<split>/<class>/*`` into ``out/<split>.beton`` + ``out/classes.json``.
 
     ``data="demo"`` packs :func:`fastairl.data.demo.ensure_demo_data`'s folder.
-    ``max_side=0`` keeps full resolution. Returns a summary: per split and in total,
+    ``max_side=0`` keeps full resolution. ``shuffle_seed`` (an int) writes the train
+    split's samples in the order of a permutation seeded with it (labels travel with
+    their images); ``None`` keeps ImageFolder order. Returns a summary: per split and in total,
     images written, skipped, bytes, seconds, MB/s and images/s. Raises
     :class:`OutputExistsError` if an output exists and ``overwrite`` is false, and
     ``FileNotFoundError`` / ``ValueError`` for bad inputs (all with the offending
@@ -241,7 +250,8 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
                                          indent=1) + "\n")
     skipped_path = out / SKIPPED_NAME
     skipped_lines = [ln for ln in _read_skipped(skipped_path) if ln.split("\t", 1)[0] not in splits]
-    summary: dict = {"data": str(root), "out": str(out), "num_classes": len(classes), "splits": {}}
+    summary: dict = {"data": str(root), "out": str(out), "num_classes": len(classes), "splits": {},
+                     "train_order": "imagefolder" if shuffle_seed is None else f"shuffled (seed {int(shuffle_seed)})"}
 
     for s in splits:
         t0 = time.perf_counter()
@@ -264,6 +274,9 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
             _write_skipped(skipped_path, skipped_lines + [f"{s}\t{p}\t{r}" for p, r in bad])
             raise ValueError(f"{root / s}: none of its {len(samples)} images could be read "
                              f"(reasons in {skipped_path})")
+        if s == "train" and shuffle_seed is not None:
+            perm = np.random.default_rng(int(shuffle_seed)).permutation(len(ok))
+            ok = [ok[i] for i in perm]
 
         final = out / f"{s}.beton"
         tmp = out / f".{s}.beton.tmp-{os.getpid()}"
@@ -317,6 +330,8 @@ def format_summary(summary: dict) -> str:
                      f"({p['mb_per_s']:.1f} MB/s, {p['images_per_s']:.0f} img/s)")
     lines.append(f"total: {summary['images']} images, {summary['skipped']} skipped, "
                  f"{summary['bytes'] / 1e6:.1f} MB, {summary['mb_per_s']:.1f} MB/s -> {summary['out']}")
+    if "train" in summary["splits"] and summary.get("train_order"):
+        lines.append(f"train order: {summary['train_order']}")
     if summary["skipped"]:
         lines.append(f"skipped files and reasons: {Path(summary['out']) / SKIPPED_NAME}")
     return "\n".join(lines)
