@@ -575,6 +575,10 @@ CONFIGS = {
     "coco_R_50_C4_1x_10pct_moco.yaml": "c4",
     "coco_R_50_FPN_1x_moco.yaml": "fpn",
     "cityscapes_deeplab_v3_R_50_OS16_90k_moco.yaml": "deeplab",
+    "pascal_voc07_R_50_C4_9k_moco.yaml": "c4",
+    "pascal_voc_R_50_FPN_24k_moco.yaml": "fpn",
+    "coco_R_50_C4_partial_45k_moco.yaml": "c4",
+    "coco_R_50_FPN_partial_45k_moco.yaml": "fpn",
 }
 
 
@@ -633,6 +637,46 @@ def test_detectron2_configs_are_consistent():
     assert voc["DATASETS.TRAIN"] == ["voc_2007_trainval", "voc_2012_trainval"]
     partial = _flatten(_load_merged(REPO / "det" / "coco_R_50_C4_1x_10pct_moco.yaml", yaml))
     assert partial["DATASETS.TRAIN"] == ["coco_2017_train_10pct"] and partial["MODEL.MASK_ON"] is True
+
+
+def test_detectron2_configs_are_the_reference_transfer_set():
+    """REFERENCE.md's transfer configs: schedules, data and the DeepLab head settings."""
+    yaml = pytest.importorskip("yaml", reason="pyyaml reads the det/ configs")
+
+    def cfg(name):
+        return _flatten(_load_merged(REPO / "det" / name, yaml))
+
+    voc07 = cfg("pascal_voc07_R_50_C4_9k_moco.yaml")
+    assert (voc07["SOLVER.MAX_ITER"], voc07["DATASETS.TRAIN"], voc07["MODEL.ROI_HEADS.NUM_CLASSES"]) == \
+        (9000, ["voc_2007_trainval"], 20)
+    fpn = cfg("pascal_voc_R_50_FPN_24k_moco.yaml")
+    assert fpn["SOLVER.MAX_ITER"] == 24000 and fpn["MODEL.BACKBONE.NAME"] == "build_resnet_fpn_backbone"
+    assert fpn["DATASETS.TRAIN"] == ["voc_2007_trainval", "voc_2012_trainval"] and fpn["MODEL.MASK_ON"] is False
+    for name, backbone in (("coco_R_50_C4_partial_45k_moco.yaml", "build_resnet_backbone"),
+                           ("coco_R_50_FPN_partial_45k_moco.yaml", "build_resnet_fpn_backbone")):
+        c = cfg(name)
+        assert c["DATASETS.TRAIN"] == ["coco_2017_train"], name  # the full train set, shorter schedule
+        assert (c["SOLVER.MAX_ITER"], c["SOLVER.STEPS"]) == (45000, [30000, 40000]), name
+        assert c["MODEL.BACKBONE.NAME"] == backbone and c["MODEL.MASK_ON"] is True, name
+    seg = cfg("cityscapes_deeplab_v3_R_50_OS16_90k_moco.yaml")
+    assert seg["MODEL.SEM_SEG_HEAD.ASPP_DROPOUT"] == 0.0 and seg["TEST.PRECISE_BN.ENABLED"] is True
+
+
+def test_detectron2_loads_every_config():
+    pytest.importorskip("detectron2", reason="detectron2 (built from source, det/README.md) is not installed")
+    from detectron2.config import get_cfg
+    for name, kind in CONFIGS.items():
+        c = get_cfg()
+        if kind == "deeplab":
+            deeplab = pytest.importorskip("detectron2.projects.deeplab",
+                                          reason="detectron2's DeepLab project is not installed")
+            deeplab.add_deeplab_config(c)
+        c.merge_from_file(str(REPO / "det" / name))
+        assert c.MODEL.PIXEL_MEAN == [123.675, 116.280, 103.530], name
+        if name.startswith("coco_R_50") and "partial" in name:
+            assert c.SOLVER.MAX_ITER == 45000 and tuple(c.SOLVER.STEPS) == (30000, 40000)
+        if kind == "deeplab":
+            assert c.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT == 0.0 and c.TEST.PRECISE_BN.ENABLED
 
 
 @pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None,
