@@ -1393,8 +1393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, argv)
     except (BenchError, ConfigError) as e:
-        print(f"bench/throughput.py: error: {e}", file=sys.stderr)
-        return 2
+        from fastairl.cli_util import error
+        return error(e)
     except KeyboardInterrupt:
         print("bench/throughput.py: interrupted; nothing written", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ try:
 except ImportError:  # run as a file from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastairl.cli_util import ArgumentParser, error  # noqa: E402
 from fastairl.data.demo import read_done
 
 __all__ = ["add_output_flags", "int_at_least", "make_folder", "new_parser", "start_logging"]
@@ -48,7 +49,7 @@ def new_parser(doc: str, ensure_fn: str) -> argparse.ArgumentParser:
     ``ensure_fn`` names the library function that makes the same folder on first use,
     whose cache location is the default output.
     """
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p = ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder (default: the cache folder {ensure_fn} uses, "
                         "under $FASTAIRL_CACHE or ~/.cache/fastairl)")
@@ -80,15 +81,12 @@ def make_folder(out: Path, overwrite: bool, make: Callable[[Path], object],
     """
     out = out.expanduser()
     if out.exists() and not overwrite:
-        print(f"error: {out} already exists; pass --overwrite to replace it or choose "
-              f"another --out", file=sys.stderr)
-        return 2
+        return error(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     t0 = time.perf_counter()
     try:
         make(out)
     except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     seconds = time.perf_counter() - t0
     done = read_done(out) or {}
     print(f"wrote {done.get('images', '?')} images ({done.get('bytes', 0) / 1e6:.1f} MB)"

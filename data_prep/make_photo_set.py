@@ -23,6 +23,7 @@ if _HERE not in sys.path:  # loaded by path (tests) rather than run as a file: f
 
 from _cli import add_output_flags, int_at_least, make_folder, new_parser, start_logging  # noqa: E402
 # (importing _cli also makes fastairl importable from a checkout)
+from fastairl.cli_util import error  # noqa: E402
 from fastairl.data.photos import default_photo_root, export_source_photos, make_photo_set  # noqa: E402
 
 
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             paths = export_source_photos(args.export_sources)
         except (RuntimeError, FileExistsError) as e:
-            print(f"make_photo_set.py: error: {e}", file=sys.stderr)
-            return 2
+            return error(e)
         size = sum(p.stat().st_size for p in paths)
         print(f"wrote {len(paths)} source photographs ({size / 1e6:.1f} MB) to {args.export_sources}; "
               f"use them with FASTAIRL_PHOTO_SOURCES={args.export_sources}")

@@ -26,7 +26,8 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="write_ffcv.py", description=__doc__.split("\n\n")[0])
+    from fastairl.cli_util import ArgumentParser
+    p = ArgumentParser(prog="write_ffcv.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True,
                    help="ImageNet-style folder with train/<class>/* and val/<class>/*, or 'demo'")
     p.add_argument("--out", required=True, help="output folder for <split>.beton, classes.json, skipped.txt")
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from fastairl.cli_util import error
     from fastairl.data.ffcv_writer import OutputExistsError, format_summary, write_ffcv
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -55,11 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                              progress=not args.quiet,
                              shuffle_seed=None if args.no_shuffle else args.shuffle_seed)
     except OutputExistsError as e:
-        print(f"write_ffcv.py: error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"write_ffcv.py: error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except KeyboardInterrupt:
         print("write_ffcv.py: interrupted; no partial .beton was left behind", file=sys.stderr)
         return 130

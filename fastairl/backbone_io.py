@@ -69,6 +69,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {p} (check the path)")
     if not p.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {p}")
+    _check_torch_file(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -92,12 +93,48 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(obj)
 
 
+# torch.save's formats: a zip archive (torch >= 1.6), or the legacy pickle stream that starts
+# with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2: PROTO 2, LONG1 of 10 bytes).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_WHAT_TO_PASS = ("pass the .pth/.pth.tar that fastairl/train.py or the reference wrote (e.g. "
+                 "outputs/<exp>/last.pth)")
+
+
+def _check_torch_file(p: Path) -> None:
+    """Name what the file is when it cannot be a torch checkpoint, before torch says it in
+    its own words (for some files a long ``weights_only`` text about trusting the source).
+
+    Looks at the first bytes and the zip directory only: a plain pickle is never unpickled
+    here, since unpickling a file of unknown origin can run code."""
+    import zipfile
+
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise CheckpointError(f"{p} is empty (0 bytes), not a checkpoint; {_WHAT_TO_PASS}")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(p):
+            raise CheckpointError(f"{p} is a truncated torch checkpoint ({size:,} bytes, the end of the file is "
+                                  f"missing: an interrupted copy or download?); copy it again")
+        return
+    if head.startswith(_LEGACY_MAGIC):
+        return
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"{p} is a plain Python pickle (a detectron2 weight file such as "
+                              f"convert_detectron2 writes?), not a torch checkpoint; {_WHAT_TO_PASS} "
+                              f"(norm_rescale --pickles reads detectron2 pickles)")
+    raise CheckpointError(f"{p} is not a torch checkpoint (it starts with bytes {head[:8]!r}); {_WHAT_TO_PASS}")
+
+
 def _unreadable_message(p: Path, exc: BaseException) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = ""
-    if p.suffix == ".pkl":
-        hint = " (a .pkl is read as a detectron2 pickle only by the tools that accept one)"
-    return f"cannot read {p} as a torch checkpoint: {first_line[:200]}{hint}; the file may be truncated or corrupt"
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
+    if "weights only" in first_line.lower() or "\x1b[" in first_line:
+        first_line = type(exc).__name__  # torch's advice about weights_only is not the cause here
+    return (f"cannot read {p} as a torch checkpoint ({first_line[:200]}); the file may be truncated or "
+            f"corrupt; {_WHAT_TO_PASS}")
 
 
 def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:

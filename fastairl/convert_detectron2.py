@@ -102,7 +102,8 @@ def to_detectron2_pickle(converted: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    from fastairl.cli_util import ArgumentParser
+    ap = ArgumentParser(
         prog="python -m fastairl.convert_detectron2",
         description="Convert a fastairl/reference/torchvision ResNet checkpoint to a detectron2 .pkl.",
     )
@@ -115,13 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastairl.cli_util import error
     args = build_parser().parse_args(argv)
     if not args.output.endswith(".pkl"):
         # detectron2 only unpickles weights from files named *.pkl; anything else it
         # would try to torch.load and fail far from here.
-        print(f"error: output {args.output!r} must end in .pkl (detectron2 reads weight pickles only from .pkl files)",
-              file=sys.stderr)
-        return 2
+        return error(f"output {args.output!r} must end in .pkl (detectron2 reads weight pickles only from .pkl files)")
     try:
         check_output_path(args.output, args.overwrite)
         state = model_state(load_checkpoint(args.input))
@@ -131,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CheckpointError(f"nothing in {args.input} converts to detectron2 names")
         atomic_pickle(to_detectron2_pickle(converted), args.output, overwrite=args.overwrite)
     except (CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return error(exc)
     try:
         arch = detect_arch(backbone)
     except CheckpointError:

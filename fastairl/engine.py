@@ -15,8 +15,6 @@ import logging
 import os
 import math
 import random
-import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from .logging_utils import RunLogger, progress_bar
 from .methods import build_method
 from .methods.supervised import topk_acc
 from .optim import LARS, lars_param_groups, lr_at
+from .run_folder import discard_start_files, missing_checkpoint_message, prepare_run_dir
+from .stop_signals import install_stop_handlers
 
 log = logging.getLogger("fastairl")
 
@@ -59,41 +59,6 @@ def code_version() -> str:
         h.update(f.relative_to(pkg).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
-
-
-def install_stop_handlers(runner) -> None:
-    """SIGTERM/SIGUSR1 (pre-emption) set ``runner.stop_requested``: the loop finishes the
-    current step, writes a checkpoint and exits 0."""
-    def handler(signum, frame):
-        runner.stop_requested = True
-        log.warning("signal %d: finishing the current step, writing a checkpoint, then exiting", signum)
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(sig, handler)
-
-
-def prepare_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool,
-                    where: str = "--output-dir") -> None:
-    """Create the run folder, never replacing a run without ``overwrite``. Rank 0 decides and
-    every rank learns the verdict, so all exit together on error. ``where`` names the
-    flags that choose the folder, for the message."""
-    err = None
-    if is_main:
-        rd = Path(run_dir)
-        if rd.exists() and not rd.is_dir():
-            err = f"output path {rd} is a file; choose another {where}"
-        else:
-            exists = rd.exists() and any(rd.iterdir())
-            if exists and not (resume or overwrite):
-                err = (f"output folder {rd} already holds a run; pass --resume to continue it or "
-                       f"--overwrite to replace it (or choose another {where})")
-            elif exists and overwrite and not resume:
-                shutil.rmtree(rd)
-        if err is None:
-            rd.mkdir(parents=True, exist_ok=True)
-    err = fdist.broadcast_object(err)
-    if err:
-        raise UserError(err)
 
 
 def _digest(obj) -> str:
@@ -198,6 +163,8 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(opts.amp, self.device)
         self.stop_requested = False
+        self.stop_signal = None
+        self.run_dir_fresh = False
         self.nonfinite_skipped = 0
 
     # ------------------------------------------------------------------ setup
@@ -240,8 +207,7 @@ class Trainer:
         if opts.resume:
             self._resume_path = self.run_dir / "last.pth" if opts.resume == "auto" else Path(opts.resume)
             if not self._resume_path.is_file():
-                raise UserError(f"--resume: checkpoint {self._resume_path} does not exist"
-                                + (" (no previous run in this folder)" if opts.resume == "auto" else ""))
+                raise UserError(missing_checkpoint_message(self._resume_path, opts.resume == "auto"))
             try:
                 self._resume_ckpt = ckpt_io.load(self._resume_path)
             except (ValueError, FileNotFoundError) as e:
@@ -312,7 +278,8 @@ class Trainer:
                 log.warning(msg)
 
     def _prepare_run_dir(self) -> None:
-        prepare_run_dir(self.run_dir, self.is_main, bool(self.opts.resume), self.opts.overwrite)
+        self.run_dir_fresh = prepare_run_dir(self.run_dir, self.is_main, bool(self.opts.resume),
+                                             self.opts.overwrite)
 
     def _check_ranks_agree(self) -> None:
         """Every rank must run the same experiment, batch and code; a mismatch (a stale
@@ -575,7 +542,7 @@ class Trainer:
                         last = rec
                         self.logger.log(rec, self.global_step)
                         if bar is not None:
-                            bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                            bar.set_postfix(epoch=f"{rec['epoch']:.2f}", loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
                         t0, n_img, t_wait = time.perf_counter(), 0, 0.0
                     stop = ((max_steps is not None and steps_this_run >= max_steps)
                             or (opts.until_step is not None and self.global_step >= opts.until_step)
@@ -598,9 +565,6 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.logger.close()
-        if self.is_main:
-            log.info("checkpoint: %s", (self.run_dir / "last.pth").resolve())
-            log.info("TensorBoard: tensorboard --logdir %s", (self.run_dir / "tb").resolve())
         return last
 
     def _install_signal_handlers(self) -> None:
@@ -661,6 +625,18 @@ class Trainer:
         if self.is_main:
             log.info("epoch %d: kNN top-1 %.2f", epoch + 1, res["acc1"])
         return {"knn_acc1": res["acc1"]}
+
+    def discard_failed_start(self) -> None:
+        """A start that failed before its first step and checkpoint removes what it wrote
+        (config.json, log.jsonl, tb/), so the rerun finds no half-made run to trip over."""
+        if not (self.is_main and self.run_dir_fresh) or self.global_step or (self.run_dir / "last.pth").exists():
+            return
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
+        removed = discard_start_files(self.run_dir)
+        if removed:
+            log.info("removed what this failed start wrote in %s (%s); nothing was trained", self.run_dir,
+                     ", ".join(removed))
 
     def close(self) -> None:
         fdist.teardown()

@@ -67,7 +67,8 @@ def torchvision_backbone(state: Mapping[str, torch.Tensor], encoder: str = "onli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    from fastairl.cli_util import ArgumentParser
+    ap = ArgumentParser(
         prog="python -m fastairl.export_backbone",
         description="Write one encoder of a checkpoint as a torchvision ResNet state_dict (fc dropped).",
     )
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastairl.cli_util import error
     args = build_parser().parse_args(argv)
     try:
         check_output_path(args.output, args.overwrite)
@@ -87,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sd, arch = torchvision_backbone(state, args.encoder)
         atomic_save(sd, args.output, overwrite=args.overwrite)
     except (CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return error(exc)
     print(f"wrote torchvision {arch} backbone ({len(sd)} tensors, {args.encoder} encoder, no fc) to {args.output}")
     return 0
 

@@ -410,7 +410,8 @@ def check_positive_flags(flags: Iterable[tuple[str, float]], image_size: int) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastairl.knn",
+    from fastairl.cli_util import ArgumentParser
+    p = ArgumentParser(prog="python -m fastairl.knn",
                                 description="Weighted kNN evaluation (k=200, T=0.07) of a checkpoint's backbone; "
                                             "single process or torchrun.")
     add_encoder_flags(p, "which encoder of the checkpoint (auto: online if present, else supervised, else target)")
@@ -460,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"top-1 {res['acc1']:.2f} top-5 {res['acc5']:.2f}", flush=True)
         return 0
     except (CheckpointError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"fastairl: error: {e}", file=sys.stderr)
-        return 2
+        from fastairl.cli_util import error
+        return error(e)
     finally:
         fdist.teardown()
 

@@ -248,6 +248,8 @@ class LinearEval:
         self.is_main = self.dist.is_main
         self.amp_dtype = resolve_amp(args.amp, self.device)
         self.stop_requested = False
+        self.stop_signal = None
+        self.run_dir_fresh = False
         self.logger = None
 
     # ------------------------------------------------------------------ setup
@@ -338,21 +340,32 @@ class LinearEval:
 
     def _prepare_run_dir(self) -> None:
         from fastairl.engine import prepare_run_dir
-        prepare_run_dir(self.run_dir, self.is_main, bool(self.args.resume), self.args.overwrite,
-                        where="--output-dir / --name")
+        self.run_dir_fresh = prepare_run_dir(self.run_dir, self.is_main, bool(self.args.resume),
+                                             self.args.overwrite, where="--output-dir / --name")
+
+    def discard_failed_start(self) -> None:
+        """A start that failed before its first step and checkpoint removes what it wrote."""
+        from fastairl.run_folder import discard_start_files
+        run_dir = getattr(self, "run_dir", None)
+        if (not (self.is_main and getattr(self, "run_dir_fresh", False)) or getattr(self, "global_step", 0)
+                or run_dir is None or (run_dir / "last.pth").exists()):
+            return
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        discard_start_files(run_dir)
 
     def _resume(self, which: str) -> None:
         from fastairl.engine import UserError
+        from fastairl.backbone_io import load_checkpoint
+        from fastairl.run_folder import missing_checkpoint_message
         path = self.run_dir / "last.pth" if which == "auto" else Path(which)
         if not path.is_file():
-            raise UserError(f"--resume: checkpoint {path} does not exist"
-                            + (" (no previous run in this folder)" if which == "auto" else ""))
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise UserError(f"--resume: cannot read {path} ({type(e).__name__}); is it a complete checkpoint?") from None
-        if not isinstance(ck, dict) or ck.get("kind") != CKPT_KIND:
-            raise UserError(f"--resume: {path} is not a linear-evaluation checkpoint of fastairl")
+            raise UserError(missing_checkpoint_message(path, which == "auto"))
+        ck = load_checkpoint(path)
+        if ck.get("kind") != CKPT_KIND:
+            raise UserError(f"--resume: {path} is not a linear-evaluation checkpoint of fastairl (give the "
+                            f"pre-training checkpoint as --ckpt, and --resume only a linear-eval run's last.pth)")
         saved = ck["backbone"]["fingerprint"]
         if saved != self.fingerprint:
             diff = sorted(n for n in set(saved) | set(self.fingerprint) if saved.get(n) != self.fingerprint.get(n))
@@ -515,7 +528,7 @@ class LinearEval:
                                "images_per_s": n_img / el}
                         self.logger.log(rec, self.global_step)
                         if bar is not None:
-                            bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+                            bar.set_postfix(epoch=f"{rec['epoch']:.2f}", loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
                         t0, n_img = time.perf_counter(), 0
                     if at_limit or self._stop_now():
                         self.save_checkpoint(epoch, batch_idx)
@@ -544,8 +557,6 @@ class LinearEval:
                   "encoder": self.desc["encoder"], "arch": self.desc["arch"], "ckpt": self.desc["ckpt"]}
         if self.is_main:
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=2))
-            log.info("checkpoint: %s", (self.run_dir / "last.pth").resolve())
-            log.info("TensorBoard: tensorboard --logdir %s", (self.run_dir / "tb").resolve())
         return result
 
     def _install_signal_handlers(self) -> None:
@@ -568,7 +579,8 @@ class LinearEval:
 
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastairl.linear_eval",
+    from fastairl.cli_util import ArgumentParser
+    p = ArgumentParser(prog="python -m fastairl.linear_eval",
                                 description="Linear evaluation of a frozen backbone (the reference protocol); "
                                             "single process or torchrun.")
     add_encoder_flags(p, "which encoder (auto: online if present, else supervised, else target)")
@@ -599,11 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl.backbone_io import CheckpointError
+    from fastairl.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
     from fastairl.engine import UserError
     from fastairl.logging_utils import setup_console
+    from fastairl.stop_signals import interrupted
 
     setup_console(int(os.environ.get("RANK", "0")))
     run = None
+    ok = False
     try:
         if args.log_every <= 0:
             raise UserError(f"--log-every {args.log_every}: must be > 0")
@@ -614,18 +629,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"linear eval {res['arch']} {res['encoder']}: top-1 {res['last_acc1']:.2f} top-5 "
                   f"{res['last_acc5']:.2f} (epoch {round(res['last_epoch'], 2):g}); best top-1 {res['best_acc1']:.2f} "
                   f"top-5 {res['best_acc5']:.2f} (epoch {round(res['best_epoch'], 2):g})", flush=True)
-        return 0
+        ok = True
+        code = 0
+        if run.is_main:
+            code = report_stop(log, run.run_dir, run.global_step, complete=run.global_step >= run.total_steps,
+                               interrupted=interrupted(run),
+                               files=("args.json", "log.jsonl", "tb", "last.pth", "best.pth", "result.json"))
+        return EXIT_INTERRUPTED if interrupted(run) else code
     except BackboneChangedError as e:
-        print(f"fastairl: error: {e}", file=sys.stderr)
-        return EXIT_BACKBONE_CHANGED
+        return error(e, EXIT_BACKBONE_CHANGED)
     except (CheckpointError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"fastairl: error: {e}", file=sys.stderr)
-        return EXIT_USER
+        return error(e, EXIT_USER)
     except FloatingPointError as e:
-        print(f"fastairl: stopped: {e}", file=sys.stderr)
-        return 3
+        return stopped(e)
+    except KeyboardInterrupt:
+        return error("interrupted at once (a second Ctrl-C, or while starting); the run folder keeps its last "
+                     "checkpoint, if any", EXIT_INTERRUPTED)
     finally:
         if run is not None:
+            if not ok:
+                run.discard_failed_start()
             run.close()
         else:
             fdist.teardown()

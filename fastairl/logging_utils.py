@@ -26,6 +26,30 @@ def progress_bar(total: int, desc: str, unit: str = "step"):
     return tqdm(total=max(total, 0), dynamic_ncols=True, desc=desc, unit=unit, mininterval=1.0)
 
 
+def drop_after_step(path: Path, step: int) -> int:
+    """Cut ``log.jsonl`` before its first record with a step past ``step``, the step a resumed
+    run continues from: a run killed after logging steps its checkpoint does not hold would
+    otherwise log those steps twice. Returns how many lines were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    cut = len(lines)
+    for i, ln in enumerate(lines):
+        try:
+            rec_step = json.loads(ln).get("step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(rec_step, (int, float)) and rec_step > step:
+            cut = i
+            break
+    if cut < len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(lines[:cut]))
+        tmp.replace(path)
+    return len(lines) - cut
+
+
 class RunLogger:
     """Writes metrics to ``log.jsonl`` and TensorBoard (rank 0 only)."""
 
@@ -36,6 +60,8 @@ class RunLogger:
         if not enabled:
             return
         run_dir = Path(run_dir)
+        if purge_step is not None:
+            drop_after_step(run_dir / "log.jsonl", purge_step)
         self.jsonl = open(run_dir / "log.jsonl", "a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -158,7 +158,8 @@ def _pickle_weights(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    from fastairl.cli_util import ArgumentParser
+    ap = ArgumentParser(
         prog="python -m fastairl.norm_rescale",
         description="Rescale every tensor of model B to the L2 norm of model A's same tensor.",
     )
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastairl.cli_util import error
     args = build_parser().parse_args(argv)
     is_pkl = [Path(p).suffix == ".pkl" for p in (args.norm_from, args.weights_from)]
     try:
@@ -203,8 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_save(result, args.out, overwrite=args.overwrite)
             what = f"tensors of the {encoder} encoder"
     except (CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return error(exc)
     for note in notes:
         print(f"note: {note}")
     print(f"rescaled {count} {what} of {args.weights_from} to the norms of {args.norm_from}; wrote {args.out}")

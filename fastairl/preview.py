@@ -1085,7 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fastairl.data import LOADERS
     from fastairl.data.recipes import RECIPES
 
-    p = argparse.ArgumentParser(
+    from fastairl.cli_util import ArgumentParser
+
+    p = ArgumentParser(
         prog="python -m fastairl.preview",
         description="Show, dump and count the augmented views a loader produces for a recipe, "
                     "exactly as the trainer's model receives them.")
@@ -1166,8 +1168,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_stats(compute_stats(res.as_dump()), res.meta))
         return 0
     except (PreviewError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError, ImportError) as e:
-        print(f"fastairl.preview: error: {e}", file=sys.stderr)
-        return 2
+        from fastairl.cli_util import error
+        return error(e)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -13,23 +12,37 @@ import sys
 if __package__ in (None, ""):  # run as a file: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+EXAMPLES = """examples:
+  python fastairl/train.py --exp moco_v2p --data demo --device cpu --max-steps 20
+  python fastairl/train.py --exp byol --data demo --print-config          # what would run; creates nothing
+  python fastairl/train.py --exp byol --data demo --set image_size=32 --max-steps 20
+  python fastairl/train.py --exp byol --data demo --max-steps 20 --resume   # continue that run
+  torchrun --nproc_per_node 8 fastairl/train.py --exp moco_v2p --data /data/in1k
+Ctrl-C (or SIGTERM) finishes the step, writes last.pth and prints the command that continues."""
 
-def build_parser() -> argparse.ArgumentParser:
-    from fastairl.config import available_experiments
 
-    p = argparse.ArgumentParser(prog="fastairl/train.py", description="Pre-train with fastairl (single process or torchrun).")
-    p.add_argument("--exp", required=True, help=f"experiment: one of {', '.join(available_experiments())}")
+def build_parser():
+    from fastairl.cli_util import ArgumentParser, HelpFormatter
+    from fastairl.config_help import experiments_help
+
+    p = ArgumentParser(prog="fastairl/train.py", formatter_class=HelpFormatter,
+                       description="Pre-train with fastairl (single process or torchrun).\n\nexperiments (--exp):\n"
+                                   + experiments_help(),
+                       epilog=EXAMPLES)
+    p.add_argument("--exp", required=True, help="experiment, one of the list above (exp/<name>.py)")
     p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with train.beton, or 'demo'")
-    p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<exp>/ (default: outputs)")
+    p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<exp>/")
     p.add_argument("--epochs", type=int, help="override the experiment's epochs")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision (default: bf16 on GPUs that support it, off on CPU)")
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+                   help="mixed precision (auto: bf16 on GPUs that support it, off on CPU)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True,
+                   help="channels_last memory format")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory format")
     p.add_argument("--loader", help="data backend: auto, folder, ffcv, nvjpeg, dali (default: the experiment's, auto)")
-    p.add_argument("--workers", type=int, help="loader worker processes per process")
+    p.add_argument("--workers", type=int, help="loader worker processes per process (default: the experiment's "
+                                                "workers, capped at the CPU count)")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps in this invocation (checkpoint written)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = <output-dir>/<exp>/last.pth; or a fastairl/reference checkpoint path")
@@ -38,42 +51,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-every", type=int, metavar="N", help="kNN top-1 on the val split every N epochs")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     p.add_argument("--save-every-steps", type=int, default=0, metavar="N",
-                   help="also write last.pth every N steps (exact mid-epoch resume; default: epoch ends only)")
+                   help="also write last.pth every N steps (exact mid-epoch resume; 0: epoch ends only)")
     p.add_argument("--until-step", type=int, metavar="N", help="stop when the run's global step reaches N")
     p.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
                    help="skip up to N steps with a non-finite loss/gradient instead of stopping")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any experiment field, e.g. --set arch=resnet18 --set image_size=64")
+                   help="override any experiment field, e.g. --set arch=resnet18 --set image_size=64 "
+                        "(--print-config lists every key with its type and default)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (experiment, demo scale, --set and flags) and exit; creates nothing")
     return p
+
+
+def resolve_config(args):
+    """The experiment with demo scale, flags and ``--set`` applied; also which keys the user
+    set and which the demo scale set (for ``--print-config``)."""
+    from fastairl.config import apply_overrides, demo_scale_overrides, load_experiment
+    from fastairl.data.demo import is_demo_dataset
+
+    cfg = load_experiment(args.exp)
+    overrides = list(args.overrides)
+    for flag, key in ((args.epochs, "epochs"), (args.batch_size, "batch_size"), (args.seed, "seed"),
+                      (args.knn_every, "knn_every")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    user_keys = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    scale = []
+    if args.data == "demo" or is_demo_dataset(args.data):
+        scale = demo_scale_overrides(overrides)
+        if scale and not args.print_config:
+            logging.getLogger("fastairl").warning(
+                "--data %s is the demo dataset: demo-scale %s (set them with --set/--batch-size to change)",
+                args.data, ", ".join(scale))
+    cfg = apply_overrides(cfg, scale + overrides)
+    return cfg, user_keys, {s.split("=", 1)[0] for s in scale}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl import distributed as fdist
-    from fastairl.config import ConfigError, apply_overrides, demo_scale_overrides, load_experiment
+    from fastairl.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
+    from fastairl.config import ConfigError
     from fastairl.data.folder import BadDataError
     from fastairl.engine import RunOptions, Trainer, UserError
     from fastairl.logging_utils import setup_console
+    from fastairl.stop_signals import interrupted
 
     setup_console(int(os.environ.get("RANK", "0")))
+    log = logging.getLogger("fastairl")
     trainer = None
+    ok = False
     try:
-        cfg = load_experiment(args.exp)
-        overrides = list(args.overrides)
-        for flag, key in ((args.epochs, "epochs"), (args.batch_size, "batch_size"), (args.seed, "seed"),
-                          (args.knn_every, "knn_every")):
-            if flag is not None:
-                overrides.append(f"{key}={flag}")
-        from fastairl.data.demo import is_demo_dataset
-        if args.data == "demo" or is_demo_dataset(args.data):
-            scale = demo_scale_overrides(overrides)
-            if scale:
-                logging.getLogger("fastairl").warning(
-                    "--data %s is the demo dataset: demo-scale %s (set them with --set/--batch-size to change)",
-                    args.data, ", ".join(scale))
-            overrides = scale + overrides
-        cfg = apply_overrides(cfg, overrides)
+        cfg, user_keys, demo_keys = resolve_config(args)
+        if args.print_config:
+            from fastairl.config_help import format_config
+            print(format_config(cfg, user_keys, demo_keys))
+            print(f"# run folder: {os.path.join(args.output_dir, cfg.name)} (nothing was created)")
+            ok = True
+            return 0
         if args.max_steps is not None and args.max_steps <= 0:
             raise ConfigError(f"--max-steps {args.max_steps}: must be > 0")
         opts = RunOptions(data=args.data, output_dir=args.output_dir, device=args.device, amp=args.amp,
@@ -84,18 +120,42 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, opts)
         trainer.setup()
         trainer.fit()
-        return 0
+        ok = True
+        code = 0
+        if trainer.is_main:
+            code = report_stop(log, trainer.run_dir, trainer.global_step,
+                               complete=trainer.global_step >= trainer.total_steps,
+                               interrupted=interrupted(trainer),
+                               files=("config.json", "log.jsonl", "tb", "last.pth"),
+                               complete_hint=f"evaluate it with: python -m fastairl.linear_eval --ckpt "
+                                             f"{trainer.run_dir / 'last.pth'}")
+        return EXIT_INTERRUPTED if interrupted(trainer) else code
     except (ConfigError, UserError, FileNotFoundError, NotADirectoryError, ValueError, BadDataError) as e:
-        print(f"fastairl: error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except FloatingPointError as e:
-        print(f"fastairl: stopped: {e}", file=sys.stderr)
-        return 3
+        return stopped(e)
+    except KeyboardInterrupt:
+        return error(_interrupt_message(trainer), EXIT_INTERRUPTED)
     finally:
         if trainer is not None:
+            if not ok:
+                trainer.discard_failed_start()
             trainer.close()
         else:
             fdist.teardown()
+
+
+def _interrupt_message(trainer) -> str:
+    """Ctrl-C outside the loop's handler: while starting, or a second Ctrl-C."""
+    from fastairl.cli_util import resume_command
+    last = trainer.run_dir / "last.pth" if trainer is not None and hasattr(trainer, "run_dir") else None
+    have = last is not None and last.is_file()
+    if trainer is not None and trainer.stop_requested:
+        return ("interrupted again: stopped at once, " + (f"{last} holds the last checkpoint; continue with: "
+                f"{resume_command()}" if have else "no checkpoint was written; rerun the same command"))
+    if have:
+        return f"interrupted while starting; {last} is unchanged; continue with: {resume_command()}"
+    return "interrupted before the first checkpoint: nothing to continue; rerun the same command"
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def test_bad_input_gives_one_line_error(extra, needle, tmp_path):
     proc = run_cli(["bench/throughput.py", "--device", "cpu", "--out", str(tmp_path), *extra], timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("bench/throughput.py: error:") and needle in lines[-1]
+    assert lines and lines[-1].startswith("fastairl: error:") and needle in lines[-1]
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
 

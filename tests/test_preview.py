@@ -400,7 +400,7 @@ def test_bad_input_gives_one_line_errors(small_root, tmp_path, capsys):
     for extra, words in cases:
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("fastairl.preview: error:"), err
+        assert len(err.splitlines()) == 1 and err.startswith("fastairl: error:"), err
         for word in words:
             assert word in err, (word, err)
     assert existing.read_bytes() == b"keep me"

@@ -5,6 +5,7 @@ so it follows the reference's way of doing things on purpose (CPU augmentation, 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from .recipes import MEAN, STD, ViewRecipe, eval_resize_size, get_recipe
 from .sampler import ResumableDistributedSampler
 
 log = logging.getLogger(__name__)
+_capped_logged = False
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as torch's DataLoader counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
+def cap_workers(requested: int) -> int:
+    """More worker processes than CPUs only adds switching (and torch's "might freeze"
+    warning): cap them at the CPU count, saying so once per process."""
+    global _capped_logged
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested
+    if not _capped_logged:
+        log.info("folder loader: %d workers requested, %d CPUs usable: using %d worker processes",
+                 requested, cpus, cpus)
+        _capped_logged = True
+    return cpus
 
 
 class PILGaussianBlur:
@@ -172,10 +195,13 @@ class FolderLoader:
 
     def _make_loader(self):
         spec = self.spec
+        from ..stop_signals import worker_ignores_sigint
+        workers = cap_workers(spec.workers)
         self.loader = DataLoader(
-            self.dataset, batch_size=spec.batch_size, sampler=self.sampler, num_workers=spec.workers,
+            self.dataset, batch_size=spec.batch_size, sampler=self.sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=spec.train,
-            persistent_workers=False, prefetch_factor=4 if spec.workers > 0 else None,
+            persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=worker_ignores_sigint if workers > 0 else None,
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
