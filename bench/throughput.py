@@ -1187,7 +1187,8 @@ def _check_stats(st: dict | None, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from fastairl.cli_util import ArgumentParser  # the one error line of every tool
+    p = ArgumentParser(
         prog="bench/throughput.py",
         description="Loader and training-step throughput of fastairl next to the reference-style pipeline "
                     "and the compute ceiling. Writes <out>/<host>-<date>.md, .json and .png.")
