@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if loader in ("auto", "ffcv"):
         try:
             import ffcv  # noqa: F401
-            from fastairl.data.demo import ensure_demo_packed
+            from fastairl.data.demo_packed import ensure_demo_packed
             data, loader = ensure_demo_packed(data), "ffcv"
         except ImportError as e:
             if loader == "ffcv":
