@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 #: Demo scale for every experiment: sizes, queue and head widths, the probe, the monitor.
 DEMO_OVERRIDES = [
     "arch=resnet18", "image_size=64", "hidden_dim=512", "dim=128", "queue_size=512",
-    "warmup_epochs=1", "probe_lr=0.1", "probe_milestones=(1000,)", "knn_k=20",
+    "warmup_epochs=1", "probe_lr=0.1", "probe_milestones=(1000,)",
 ]
 #: The self-supervised experiments' lr (0.03 per 256) and target momentum (0.99 -> 1) are
 #: set for hundreds of epochs; a dozen need a faster start and a faster-moving target.
@@ -52,6 +52,16 @@ def demo_overrides(exp: str) -> list[str]:
     from fastairl.config import load_experiment
     supervised = load_experiment(exp).method == "supervised"
     return DEMO_OVERRIDES + ([] if supervised else SSL_OVERRIDES) + RECIPE_OVERRIDES.get(exp, [])
+
+
+def describe_changes(exp: str, overrides: list[str]) -> str:
+    """``key exp -> demo`` for every override that changes the experiment's value."""
+    from fastairl.config import apply_overrides, load_experiment
+    base = load_experiment(exp)
+    demo = apply_overrides(load_experiment(exp), overrides)
+    changed = [f"{k} {getattr(base, k)} -> {getattr(demo, k)}" for k in base.to_dict()
+               if getattr(base, k) != getattr(demo, k)]
+    return ", ".join(changed)
 
 
 def cpu_bf16_native() -> bool:
@@ -157,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd.append("--overwrite")
     for s in overrides:
         cmd += ["--set", s]
-    print(f"[demo] {args.exp} at demo scale, seed {args.seed}, {threads} threads, amp {amp}: "
-          + " ".join(overrides),
-          flush=True)
+    print(f"[demo] {args.exp} at demo scale, seed {args.seed}, {threads} threads, amp {amp}; changed from "
+          f"the experiment: {describe_changes(args.exp, overrides)}", flush=True)
     print("[demo] pre-training:", " ".join(cmd[1:]), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     res = subprocess.run(cmd, cwd=REPO, env=env)

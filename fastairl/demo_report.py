@@ -16,7 +16,7 @@ from pathlib import Path
 
 #: Train-record keys drawn per epoch, in panel order, with their axis titles.
 CURVES = (("loss", "training loss"), ("inst_acc1", "instance accuracy (%)"),
-          ("probe_acc1", "online probe top-1 (%)"))
+          ("acc1", "train top-1 (%)"), ("probe_acc1", "online probe top-1 (%)"))
 
 
 def read_log(path: Path) -> list[dict]:
