@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from conftest import REPO
 
 SMALL = ["--set", "arch=resnet18", "--set", "image_size=32", "--set", "hidden_dim=64", "--set", "dim=32",
-         "--set", "queue_size=64", "--batch-size", "8", "--workers", "1", "--device", "cpu", "--no-progress",
+         "--set", "queue_size=64", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress",
          "--set", "warmup_epochs=0.01"]
 SLURM = REPO / "scripts" / "slurm"
 
