@@ -82,6 +82,8 @@ class Config:
     # (ffcv loader, one process): less memory for a file larger than RAM, but it mixes only a
     # few pages at a time, so it needs a file written shuffled (data_prep/write_ffcv.py does)
     sample_order: str = "random"
+    # ranks compared bit for bit at every checkpoint (fastairl/rank_check.py): error | warn | off
+    rank_check: str = "error"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,6 +219,7 @@ def validate(cfg: Config) -> None:
         ("momentum_schedule", cfg.momentum_schedule in ("cosine", "fixed"), "cosine, fixed"),
         ("probe_schedule", cfg.probe_schedule in ("multistep_epochs", "cosine"), "multistep_epochs, cosine"),
         ("sample_order", cfg.sample_order in ("random", "quasi_random"), "random, quasi_random"),
+        ("rank_check", cfg.rank_check in ("error", "warn", "off"), "error, warn, off"),
     ]
     for key, ok, choices in checks:
         if not ok:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from . import distributed as fdist
+from . import rank_check
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
 from .data.augment import normalize_uint8
@@ -361,6 +362,7 @@ class Trainer:
         if self.dist.distributed:
             rngs = [None] * self.dist.world_size
             torch.distributed.all_gather_object(rngs, rng)
+        agree = rank_check.check_ranks_agree(self.model, self.probe, self.global_step, self.cfg.rank_check)
         if not self.is_main:
             return
         epochs_done = epoch + (1 if batch_in_epoch >= self.steps_per_epoch else 0)
@@ -373,7 +375,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config": self.cfg.to_dict(), "rng": rngs,
                 "method_state": self.model.extra_state() if hasattr(self.model, "extra_state") else None,
-                "world_size": self.dist.world_size,
+                "world_size": self.dist.world_size, "rank_check": agree,
             },
         }
         if self.probe is not None:

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastairl.data.folder import BadDataError
     from fastairl.engine import RunOptions, Trainer, UserError
     from fastairl.logging_utils import setup_console
+    from fastairl.rank_check import RankDivergenceError
     from fastairl.stop_signals import interrupted
 
     setup_console(int(os.environ.get("RANK", "0")))
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return error(e)
     except FloatingPointError as e:
         return stopped(e)
+    except RankDivergenceError as e:  # every rank sees the same comparison: all stop here
+        last = trainer.run_dir / "last.pth" if trainer is not None else None
+        return stopped(f"{e}; " + (f"{last} (the last checkpoint that passed) is intact" if last and last.is_file()
+                                   else "no checkpoint was written"))
     except KeyboardInterrupt:
         return error(_interrupt_message(trainer), EXIT_INTERRUPTED)
     finally:
