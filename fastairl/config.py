@@ -94,7 +94,7 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
-#: ``--data demo`` is the built-in 1,000-image dataset for laptops and CI machines: unless
+#: ``--data demo`` is the built-in 2,000-image dataset for laptops and CI machines: unless
 #: the user sets them, the run uses these demo-scale values (a full ResNet-50 at 224 px
 #: with 256 images per step needs ~25 GB and minutes per step on a CPU). Heads, queue,
 #: optimiser and schedule keep the experiment's values.
