@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -30,19 +29,17 @@ from . import rank_check
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
 from .data.augment import normalize_uint8
-from .data.base import LoaderSpec
+from .data.base import LoaderSpec, accepts_start_batch
 from .logging_utils import RunLogger, progress_bar
 from .methods import build_method
 from .methods.supervised import topk_acc
 from .optim import LARS, lars_param_groups, lr_at
+from .runtime.device import cuda_bf16_native, resolve_amp, resolve_device  # noqa: F401 (re-exported)
+from .runtime.errors import UserError
 from .run_folder import discard_start_files, missing_checkpoint_message, prepare_run_dir
 from .stop_signals import install_stop_handlers
 
 log = logging.getLogger("fastairl")
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
 
 
 class CheckpointWriteError(UserError):
@@ -83,44 +80,6 @@ class RunOptions:
     save_every_steps: int = 0        # also checkpoint every N optimizer steps (0: epoch ends only)
     until_step: int | None = None    # stop when the run's global step reaches N (resume-friendly)
     skip_nonfinite: int = 0          # skip up to N steps with a non-finite loss/gradient instead of stopping
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible to torch (use --device cpu)")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device(name)
-
-
-def cuda_bf16_native() -> bool:
-    """Whether the current GPU computes in bf16 natively (compute capability 8.0 or newer).
-
-    ``torch.cuda.is_bf16_supported()`` also says True on older GPUs (T4, V100) where
-    bf16 is only emulated and cuDNN has no bf16 convolutions, so it must not pick AMP.
-    """
-    if not torch.cuda.is_available():
-        return False
-    try:
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    except TypeError:  # a torch without the keyword
-        return torch.cuda.get_device_capability()[0] >= 8
-
-
-def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 by default on GPUs that compute in it natively, fp16 on older GPUs, off on CPU."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if cuda_bf16_native() else torch.float16
-        return None
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-    if name not in table:
-        raise UserError(f"--amp {name}: choose bf16, fp16 or off")
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device (use --amp bf16 or off on CPU)")
-    return table[name]
 
 
 def build_optimizer(cfg: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -506,7 +465,7 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, cfg.epochs if not done else self.start_epoch):
                 start_batch = self.start_batch if epoch == self.start_epoch else 0
-                self.loader.set_epoch(epoch, start_batch) if _accepts_start(self.loader) else self.loader.set_epoch(epoch)
+                self.loader.set_epoch(epoch, start_batch) if accepts_start_batch(self.loader) else self.loader.set_epoch(epoch)
                 self.model.train()
                 batch_idx = start_batch
                 t_wait = t_step = 0.0
@@ -651,11 +610,3 @@ def _no_buffer_sync() -> dict:
     import inspect
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-
-
-def _accepts_start(loader) -> bool:
-    import inspect
-    try:
-        return "start_batch" in inspect.signature(loader.set_epoch).parameters
-    except (TypeError, ValueError):
-        return False

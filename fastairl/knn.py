@@ -401,7 +401,7 @@ def check_positive_flags(flags: Iterable[tuple[str, float]], image_size: int) ->
 
     32 px is the least a ResNet's five stride-2 stages reduce to a 1x1 feature map.
     """
-    from fastairl.engine import UserError
+    from fastairl.runtime.errors import UserError
     for flag, v in flags:
         if v <= 0:
             raise UserError(f"{flag} {v}: must be > 0")
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl.backbone_io import CheckpointError
     from fastairl.data import resolve_data
-    from fastairl.engine import UserError, resolve_amp, resolve_device
+    from fastairl.runtime.device import resolve_amp, resolve_device
+    from fastairl.runtime.errors import UserError
     from fastairl.logging_utils import setup_console
 
     setup_console(int(os.environ.get("RANK", "0")))

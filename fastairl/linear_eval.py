@@ -158,7 +158,7 @@ def check_head_layout(ck: dict, path) -> None:
     """Refuse, in one line, a linear-eval checkpoint whose ``--bn`` classifier has the old
     layout (affine-free BN on the features before the Linear); without ``--bn`` the layout
     never changed, so those checkpoints resume as before."""
-    from fastairl.engine import UserError
+    from fastairl.runtime.errors import UserError
     if ck.get("bn") and "bn.weight" not in ck.get("classifier", {}):
         raise UserError(f"--resume: {path} was written by an older fastairl whose --bn put an affine-free BN "
                         f"before the Linear; --bn now follows the reference (BN after the Linear), so that "
@@ -202,7 +202,7 @@ class Settings:
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
     """The preset, then any explicitly given flag on top of it."""
-    from fastairl.engine import UserError
+    from fastairl.runtime.errors import UserError
     pre = dict(PRESETS["large_norm" if args.large_norm_config else "default"])
     for key in ("lr", "batch_size", "epochs", "weight_decay"):
         v = getattr(args, key)
@@ -238,7 +238,7 @@ class LinearEval:
     """One linear-evaluation run (one process per device, or one plain process)."""
 
     def __init__(self, args: argparse.Namespace):
-        from fastairl.engine import resolve_amp, resolve_device
+        from fastairl.runtime.device import resolve_amp, resolve_device
         self.args = args
         self.s = resolve_settings(args)
         self.device = resolve_device(args.device)
@@ -256,7 +256,7 @@ class LinearEval:
     def setup(self) -> None:
         from fastairl.data import build_loader, choose_loader, resolve_data
         from fastairl.data.base import LoaderSpec
-        from fastairl.engine import UserError
+        from fastairl.runtime.errors import UserError
         a, s, d = self.args, self.s, self.dist
         if s.batch_size % d.world_size:
             raise UserError(f"--batch-size {s.batch_size} is not divisible by the {d.world_size} processes")
@@ -339,7 +339,7 @@ class LinearEval:
                      f" x0.1 at epochs {list(s.milestones)}" if s.schedule == "multistep" else "", self.run_dir)
 
     def _prepare_run_dir(self) -> None:
-        from fastairl.engine import prepare_run_dir
+        from fastairl.run_folder import prepare_run_dir
         self.run_dir_fresh = prepare_run_dir(self.run_dir, self.is_main, bool(self.args.resume),
                                              self.args.overwrite, where="--output-dir / --name")
 
@@ -356,7 +356,7 @@ class LinearEval:
         discard_start_files(run_dir)
 
     def _resume(self, which: str) -> None:
-        from fastairl.engine import UserError
+        from fastairl.runtime.errors import UserError
         from fastairl.backbone_io import load_checkpoint
         from fastairl.run_folder import missing_checkpoint_message
         path = self.run_dir / "last.pth" if which == "auto" else Path(which)
@@ -486,7 +486,7 @@ class LinearEval:
         return res
 
     def fit(self) -> dict:
-        from fastairl.engine import _accepts_start
+        from fastairl.data.base import accepts_start_batch
         s, a = self.s, self.args
         max_steps = a.max_steps
         steps_this_run = 0
@@ -503,7 +503,7 @@ class LinearEval:
             stopped = False
             for epoch in range(self.start_epoch, s.epochs):
                 start_batch = self.start_batch if epoch == self.start_epoch else 0
-                if _accepts_start(self.train_loader):
+                if accepts_start_batch(self.train_loader):
                     self.train_loader.set_epoch(epoch, start_batch)
                 else:
                     self.train_loader.set_epoch(epoch)
@@ -560,7 +560,7 @@ class LinearEval:
         return result
 
     def _install_signal_handlers(self) -> None:
-        from fastairl.engine import install_stop_handlers
+        from fastairl.stop_signals import install_stop_handlers
         install_stop_handlers(self)
 
     def _stop_now(self) -> bool:
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl.backbone_io import CheckpointError
     from fastairl.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
-    from fastairl.engine import UserError
+    from fastairl.runtime.errors import UserError
     from fastairl.logging_utils import setup_console
     from fastairl.stop_signals import interrupted
 

@@ -49,3 +49,13 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
     def __len__(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
+
+
+def accepts_start_batch(loader) -> bool:
+    """Whether ``loader.set_epoch`` takes ``start_batch`` (resume inside an epoch without
+    reading the skipped batches); loaders written before that argument take only the epoch."""
+    import inspect
+    try:
+        return "start_batch" in inspect.signature(loader.set_epoch).parameters
+    except (TypeError, ValueError):
+        return False
