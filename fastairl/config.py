@@ -54,7 +54,7 @@ class Config:
     sgd_momentum: float = 0.9
     nesterov: bool = False
     lars_eta: float = 0.001
-    schedule: str = "warmcos"          # warmcos | multistep | cosine
+    schedule: str = "warmcos"          # warmcos | multistep | cosine | constant
     warmup_epochs: float = 10.0
     milestones: tuple = (0.6, 0.8)     # fractions of all iterations (multistep)
     epochs: int = 200
@@ -205,19 +205,21 @@ def validate(cfg: Config) -> None:
     from .data.recipes import RECIPES
     from .models.heads import HEADS
     from .models.norm import BN_KINDS
+    from .methods import METHODS
+    from .optim.schedules import PRETRAIN_SCHEDULES, PROBE_SCHEDULES
     from .models.resnet import ARCHS
 
     checks = [
-        ("method", cfg.method in ("moco", "byol", "supervised"), "moco, byol, supervised"),
+        ("method", cfg.method in METHODS, ", ".join(METHODS)),
         ("arch", cfg.arch in ARCHS, ", ".join(ARCHS)),
         ("recipe", cfg.recipe in RECIPES, ", ".join(RECIPES)),
         ("head", cfg.head in HEADS, ", ".join(HEADS)),
         ("online_bn", cfg.online_bn in BN_KINDS, ", ".join(BN_KINDS)),
         ("target_bn", cfg.target_bn in BN_KINDS, ", ".join(BN_KINDS)),
         ("optimizer", cfg.optimizer in ("sgd", "lars"), "sgd, lars"),
-        ("schedule", cfg.schedule in ("warmcos", "multistep", "cosine"), "warmcos, multistep, cosine"),
+        ("schedule", cfg.schedule in PRETRAIN_SCHEDULES, ", ".join(PRETRAIN_SCHEDULES)),
         ("momentum_schedule", cfg.momentum_schedule in ("cosine", "fixed"), "cosine, fixed"),
-        ("probe_schedule", cfg.probe_schedule in ("multistep_epochs", "cosine"), "multistep_epochs, cosine"),
+        ("probe_schedule", cfg.probe_schedule in PROBE_SCHEDULES, ", ".join(PROBE_SCHEDULES)),
         ("sample_order", cfg.sample_order in ("random", "quasi_random"), "random, quasi_random"),
         ("rank_check", cfg.rank_check in ("error", "warn", "off"), "error, warn, off"),
     ]

@@ -356,10 +356,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         if self.probe is not None:
-            if cfg.probe_schedule == "cosine":
-                plr = lr_at("cosine", step, self.total_steps, self.probe_base_lr)
-            else:
-                plr = self.probe_base_lr * 0.1 ** sum(1 for m in cfg.probe_milestones if epoch >= m)
+            plr = lr_at(cfg.probe_schedule, step, self.total_steps, self.probe_base_lr,
+                        milestones=tuple(cfg.probe_milestones), epoch=epoch)
             for g in self.probe_opt.param_groups:
                 g["lr"] = plr
         return lr

@@ -170,9 +170,8 @@ def lr_for(schedule: str, base_lr: float, epoch: int, step: int, total_steps: in
     """``multistep``: x0.1 at each milestone epoch (constant within an epoch, as the
     reference's per-epoch scheduler); ``cosine``: per iteration from ``base_lr`` to 0."""
     from fastairl.optim.schedules import lr_at
-    if schedule == "cosine":
-        return lr_at("cosine", step, total_steps, base_lr)
-    return base_lr * 0.1 ** sum(1 for m in milestones if epoch >= m)
+    kind = "cosine" if schedule == "cosine" else "multistep_epochs"
+    return lr_at(kind, step, total_steps, base_lr, milestones=milestones, epoch=epoch)
 
 
 def default_run_name(ckpt: str | None, encoder: str, arch: str) -> str:

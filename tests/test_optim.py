@@ -1,6 +1,8 @@
 """LARS against its formula (with exclusions) and the lr schedules."""
 import math
 
+import pytest
+
 import torch
 import torch.nn as nn
 
@@ -58,3 +60,21 @@ def test_multistep_at_60_and_80_percent():
     assert abs(multistep_factor(600, 1000, (0.6, 0.8)) - 0.1) < 1e-12
     assert abs(multistep_factor(800, 1000, (0.6, 0.8)) - 0.01) < 1e-12
     assert abs(lr_at("multistep", 999, 1000, 0.03) - 0.0003) < 1e-12
+
+
+def test_one_schedule_table_for_pretraining_probe_and_linear_eval():
+    """The probe's and linear evaluation's per-epoch steps are the same rule as lr_at's
+    ``multistep_epochs``, and the config accepts every pre-training schedule lr_at knows."""
+    from fastairl.config import Config, validate
+    from fastairl.linear_eval import lr_for
+    from fastairl.optim.schedules import PRETRAIN_SCHEDULES
+    base, ms = 30.0, (60, 80)
+    for epoch, want in ((0, 30.0), (59, 30.0), (60, 3.0), (79, 3.0), (80, 0.3), (99, 0.3)):
+        assert lr_at("multistep_epochs", 0, 100, base, milestones=ms, epoch=epoch) == pytest.approx(want)
+        assert lr_for("multistep", base, epoch, 0, 100, ms) == pytest.approx(want)
+    assert lr_for("cosine", base, 3, 50, 100, ms) == pytest.approx(lr_at("cosine", 50, 100, base))
+    with pytest.raises(ValueError, match="needs the epoch"):
+        lr_at("multistep_epochs", 0, 100, base, milestones=ms)
+    for kind in PRETRAIN_SCHEDULES:
+        validate(Config(name="t", schedule=kind))
+        lr_at(kind, 10, 100, 0.1, warmup_iters=5)
