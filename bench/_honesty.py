@@ -73,8 +73,8 @@ def load_line(res: dict) -> str:
     cores = res.get("machine", {}).get("cpu_count")
     on = f" on {cores} cores" if cores else ""
     return (f"Load average (1, 5, 15 min){on}: {_fmt_load(la.get('start'))} at start, "
-            f"{_fmt_load(la.get('end'))} at end (above about 0.5 per core, other work shared the machine "
-            f"and the numbers are lower and noisier than on an idle one).")
+            f"{_fmt_load(la.get('end'))} at end (an idle machine starts near 0: a higher start means other "
+            f"work shared the cores, and the numbers are lower and noisier).")
 
 
 def wall_line(res: dict) -> str:
