@@ -53,7 +53,6 @@ import re
 import shlex
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,8 @@ if __package__ in (None, ""):  # run as a file: make fastairl importable from th
 
 import torch
 
+from bench import _honesty as honesty
+from bench._stats import ratio, summarize  # noqa: F401  (tp.summarize in the tests)
 from fastairl.engine import cuda_bf16_native
 
 log = logging.getLogger("bench.throughput")
@@ -106,27 +107,6 @@ class BenchError(Exception):
 # Statistics and ratios (pure functions; the tests check them on their own)
 # --------------------------------------------------------------------------------------
 
-def summarize(values: Sequence[float]) -> dict:
-    """``{"median", "min", "max", "n", "values"}`` of the per-window measurements.
-
-    The median, not the mean, because one window disturbed by another process on a shared
-    machine should not move the headline number; min and max show how much it moved.
-    """
-    vals = [float(v) for v in values]
-    if not vals:
-        raise ValueError("summarize() needs at least one measurement")
-    if any(not math.isfinite(v) for v in vals):
-        raise ValueError(f"non-finite measurement in {vals}")
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """``num / den``, or None when either side is missing or the denominator is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return float(num) / float(den)
-
-
 def _median(stats: dict | None) -> float | None:
     return None if not stats else stats.get("median")
 
@@ -137,7 +117,8 @@ def compute_ratios(result: dict) -> None:
     Loader rows: the full path's median pairs/s over the ``folder`` (reference-style)
     loader's. Training rows: median images/s over the same experiment's reference-style
     row (fp32, NCHW, folder loader), and for end-to-end rows over the ceiling row of the
-    same experiment, precision, layout and compile setting.
+    same experiment, precision, layout and compile setting. ``ceiling_check``: which
+    end-to-end rows measured above their ceiling (:func:`bench._honesty.check_ceilings`).
     """
     loaders = result.get("loaders", [])
     ref = next((r for r in loaders if r["backend"] == "folder" and r["status"] == "ok"), None)
@@ -159,6 +140,7 @@ def compute_ratios(result: dict) -> None:
                                               x["compile"]) == same), None)
             r["fraction_of_ceiling"] = ratio(_median(r["images_per_s"]),
                                              _median(ceil["images_per_s"]) if ceil else None)
+    result["ceiling_check"] = honesty.check_ceilings(train)  # rows above their ceiling: said, never hidden
 
 
 # --------------------------------------------------------------------------------------
@@ -671,6 +653,7 @@ class TrainRowPlan:
     compile: bool
     variant: Variant | None = None  # None for the synthetic ceiling
     skip_reason: str | None = None
+    bracket: str | None = None      # "before"/"after" its end-to-end rows: the bounding ceiling (bench/_honesty.py)
 
     @property
     def loader_name(self) -> str:
@@ -723,7 +706,8 @@ def plan_train_rows(s: Settings, device: torch.device, subset: str = "all") -> l
     compile for the first experiment, and at fastairl's default plus fp32 NCHW for the
     others (keeps the default GPU run inside its time budget); then every loader end to
     end at the headline setting (fewer with ``--quick``, see :func:`_e2e_variants`); then
-    the reference-style row, whatever ``--amp``/``--layouts`` say.
+    the reference-style row, whatever ``--amp``/``--layouts`` say. The ceiling that bounds the
+    end-to-end rows is planned twice, right before and right after them (``bracket``).
     ``subset="scaling"`` (the torchrun workers) keeps the headline ceiling, the end-to-end
     rows and the reference.
     """
@@ -740,11 +724,15 @@ def plan_train_rows(s: Settings, device: torch.device, subset: str = "all") -> l
             combos = [(h_amp, h_cl, c) for c in compiles]
             if "off" in s.amps and False in cls and (h_amp, h_cl) != ("off", False):
                 combos.append(("off", False, False))
-        for amp, cl, c in combos:
-            rows.append(TrainRowPlan(exp, "ceiling", amp, cl, c, None, _amp_skip(amp, c, device, s.quick)))
-        e2e_compile = s.compile and device.type == "cuda"
-        for v in _e2e_variants(s):
-            rows.append(TrainRowPlan(exp, "end_to_end", h_amp, h_cl, e2e_compile, v))
+        e2e = [TrainRowPlan(exp, "end_to_end", h_amp, h_cl, s.compile and device.type == "cuda", v)
+               for v in _e2e_variants(s)]
+        bound = (h_amp, h_cl, e2e[0].compile) if e2e else None
+        rows += [TrainRowPlan(exp, "ceiling", amp, cl, c, None, _amp_skip(amp, c, device, s.quick))
+                 for amp, cl, c in combos if (amp, cl, c) != bound]
+        if bound:  # right before and after the rows it bounds; measured even where --quick leaves bf16 out
+            ceil = TrainRowPlan(exp, "ceiling", *bound, None, _amp_skip(bound[0], bound[2], device, False),
+                                "before")
+            rows += [ceil, *e2e, dataclasses.replace(ceil, bracket="after")]
         rows.append(TrainRowPlan(exp, "reference", "off", False, False, Variant("folder", "folder")))
     return rows
 
@@ -791,7 +779,7 @@ def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir:
            "source": p.variant.source if p.variant else None, "amp": p.amp, "channels_last": p.channels_last,
            "compile": p.compile, "config": p.config, "status": "ok", "reason": None, "nproc": world,
            "batch_size_per_process": s.batch_size, "images_per_s": None, "step_ms": None, "data_wait_share": None,
-           "peak_device_mem_mb": None, "epochs_crossed": 0, "source_used": None}
+           "peak_device_mem_mb": None, "epochs_crossed": 0, "source_used": None, "torch_threads": None}
     if p.skip_reason:
         return _skip(row, p.skip_reason)
     if p.variant is not None:
@@ -878,7 +866,8 @@ def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir:
             wait.append(waited / dt)
             log.info("%s: window %d/%d: %.1f images/s, %.0f ms/step, data wait %.0f%%", label, r + 1, s.repeats,
                      ips[-1], ms[-1], wait[-1] * 100)
-        row.update(images_per_s=summarize(ips), step_ms=summarize(ms), data_wait_share=summarize(wait))
+        row.update(images_per_s=summarize(ips), step_ms=summarize(ms), data_wait_share=summarize(wait),
+                   torch_threads=torch.get_num_threads())
         if dev.type == "cuda":
             row["peak_device_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         if cycler is not None:
@@ -909,7 +898,7 @@ def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir:
 
 def bench_train(s: Settings, device: torch.device, workdir: Path, subset: str = "all") -> list[dict]:
     plans = plan_train_rows(s, device, subset)
-    return [bench_train_row(p, s, device, workdir, i) for i, p in enumerate(plans)]
+    return honesty.measure_bracketed(plans, s, lambda p, s_, i: bench_train_row(p, s_, device, workdir, i))
 
 
 # --------------------------------------------------------------------------------------
@@ -1026,7 +1015,7 @@ def render_markdown(res: dict) -> str:
          f"Workers: {s['folder_workers']} for the reference-style folder loader, {s['fast_workers']} threads for "
          f"the other backends.", "",
          f"Data: {s['data']} ({s['data_kind']}); packed: {s['packed'] or 'none (' + str(s['packed_reason']) + ')'}",
-         ""]
+         "", honesty.load_line(res), ""]
     if res["loaders"]:
         recipe = next((r.get("recipe") for r in res["loaders"] if r.get("recipe")), "")
         L += [f"## Loaders (recipe {recipe}, decoded views per second counted as pairs/s)", "",
@@ -1071,8 +1060,9 @@ def render_markdown(res: dict) -> str:
             L.append(f"| {r['exp']} | {kind} | {r['loader']} | {r['config']} | {fmt_stats(r['images_per_s'])} "
                      f"| {fmt_num(_median(r['step_ms']))} | {fmt_pct(r['data_wait_share'])} | {mem} "
                      f"| {fmt_ratio(r['ratio_to_reference'])} | "
-                     f"{'-' if r['fraction_of_ceiling'] is None else format(r['fraction_of_ceiling'], '.0%')} |")
+                     f"{honesty.ceiling_cell(r)} |")
         L.append("")
+        L += honesty.check_lines(res)
     if res["scaling"]:
         n = res["settings"]["nproc"]
         L += [f"## Scaling: {n} processes under torchrun vs one", "",
@@ -1098,7 +1088,7 @@ def render_markdown(res: dict) -> str:
     out = res.get("outputs", {})
     if out.get("png_status") == "skipped":
         L += [f"Chart: skipped ({out['png_reason']}).", ""]
-    return "\n".join(L)
+    return "\n".join(L + [honesty.wall_line(res)])
 
 
 def plot(res: dict, path: Path) -> tuple[bool, str | None]:
@@ -1322,6 +1312,7 @@ def _machine() -> dict:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     s, device = make_settings(args)
+    load_start = honesty.load_average()
     created = datetime.datetime.now()
     paths = _output_paths(args, created)
     root, kind = _resolve_data(args, s.device)
@@ -1360,6 +1351,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res["seconds"] = time.perf_counter() - t_start
+    res["load_average"] = {"start": load_start, "end": honesty.load_average()}
     compute_ratios(res)
     paths["md"].parent.mkdir(parents=True, exist_ok=True)
     ok, why = plot(res, paths["png"])
@@ -1370,6 +1362,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.warning("chart skipped: %s", why)
         paths["png"].unlink(missing_ok=True)  # with --overwrite: no stale chart beside the new report
     validate_result(res)
+    res["wall_seconds"] = honesty.process_seconds()
     md = render_markdown(res)
     paths["md"].write_text(md + "\n")
     paths["json"].write_text(json.dumps(res, indent=1) + "\n")

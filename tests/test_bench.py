@@ -229,6 +229,31 @@ def test_tiny_run_statistics_and_ratios(tiny_run):
                                                 / r["single_process_images_per_s"]["median"])
 
 
+def test_tiny_run_brackets_its_ceiling_and_reports_load_and_noise(tiny_run):
+    """The bounding ceiling ran right before and after the end-to-end row with its settings
+    (threads included); the report carries the ceiling check, the load averages and the
+    wall time, in the Markdown and the JSON."""
+    proc, out = tiny_run
+    res = json.loads((out / "tiny.json").read_text())
+    e2e = next(r for r in res["train"] if r["kind"] == "end_to_end" and r["status"] == "ok")
+    ceil = [r for r in res["train"] if r["kind"] == "ceiling" and r["status"] == "ok"
+            and (r["amp"], r["channels_last"], r["compile"]) == (e2e["amp"], e2e["channels_last"], e2e["compile"])]
+    assert len(ceil) == 1 and ceil[0]["bracket"] == {"before": 1, "after": 1}
+    assert ceil[0]["torch_threads"] == e2e["torch_threads"] >= 1
+    assert ceil[0]["batch_size_per_process"] == e2e["batch_size_per_process"]
+    chk = res["ceiling_check"]
+    assert chk["status"] in ("ok", "noisy") and [e["row"] for e in chk["rows"]] == [e2e["name"]]
+    assert not chk["rows"][0]["mismatch"]
+    assert "## Ceiling check" in proc.stdout
+    if chk["status"] == "noisy":
+        assert "the machine was noisy" in proc.stdout and chk["message"] in proc.stdout
+    la = res["load_average"]
+    assert len(la["start"]) == 3 and len(la["end"]) == 3
+    assert f"{la['start'][0]:.2f}" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("Load average"))
+    assert res["wall_seconds"] >= res["seconds"] > 0
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("Wall time: ")
+
+
 def test_tiny_run_names_every_skipped_row(tiny_run):
     proc, out = tiny_run
     res = json.loads((out / "tiny.json").read_text())
