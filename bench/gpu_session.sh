@@ -16,7 +16,7 @@
 #
 # DEVICE=cpu rehearses smoke and bench on a CPU machine (what CI-like machines can check).
 # Without gpu-photos/ a bare machine has no photographs (no scikit-image, no matplotlib):
-# the bench then measures the procedural demo data and its report's Data line says so.
+# the bench then stops with one line (the demo data is cut from the same photographs).
 set -u
 part=${1:-smoke}
 OUT=${OUT:-gpu-out}
@@ -93,7 +93,7 @@ EOF
     fi
     ;;
 bench)
-    log "photo sources: ${FASTAIRL_PHOTO_SOURCES:-scikit-image/matplotlib if installed, else the demo data}"
+    log "photo sources: ${FASTAIRL_PHOTO_SOURCES:-scikit-image/matplotlib if installed (else no photo set and no demo data)}"
     # Two runs, each writing its own report, so that a run cut off by the call's time limit
     # loses only its own half; the training half gets whatever the loader half left.
     # BENCH_ARGS adds flags to both (the rehearsal uses --quick).

@@ -329,17 +329,14 @@ def _resolve_data(args: argparse.Namespace, device: str) -> tuple[Path, str]:
 
 
 def _photo_set(n: int) -> tuple[Path, str]:
-    """The photo set of ``n`` images, or (where there are no photographs to cut) the
-    procedural demo data at a similar size, said loudly and named so in the report."""
+    """The photo set of ``n`` images. Without photographs to cut (no scikit-image, no
+    matplotlib, no FASTAIRL_PHOTO_SOURCES) there is no stand-in: the demo data is cut from
+    the same photographs, so the user gets one line saying what to install or pass."""
     from fastairl.data.photos import ensure_photo_set
     try:
         return ensure_photo_set(n_images=n), "photos"
-    except RuntimeError as e:  # neither scikit-image nor matplotlib nor FASTAIRL_PHOTO_SOURCES
-        from fastairl.data.demo import ensure_demo_data
-        per_class = max(100, math.ceil(n / 10))
-        log.warning("no photo set (%s); USING THE PROCEDURAL DEMO DATA instead, %d train images per class",
-                    _one_line(e), per_class)
-        return ensure_demo_data(train_per_class=per_class), "demo (no photographs to cut a photo set from)"
+    except RuntimeError as e:
+        raise BenchError(f"--photos {n}: {_one_line(e)}; or measure a folder or packed set with --data PATH") from None
 
 
 def _one_line(e: BaseException | str) -> str:

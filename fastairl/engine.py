@@ -5,6 +5,11 @@ One process per device (torchrun) or one plain process. Per iteration: fetch a b
 the loader hands over uint8 views, forward under autocast, backward (GradScaler for fp16),
 optimizer step, the method's ``after_step`` (target EMA, queue), the gradient-free online
 probe, logging, and checkpoints at each epoch end and at ``--max-steps``.
+
+Over 400 lines (about 430): ``Trainer.setup`` and ``fit`` stay together here until the
+loop shared with linear evaluation (``fastairl/runtime/``, issue #15) takes the epoch, stop
+and checkpoint cadence out of both; checkpoint/resume and the evaluations already live in
+``trainer_state.py`` and ``trainer_eval.py``.
 """
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ from . import checkpoint as ckpt_io
 from . import distributed as fdist
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
-from .data.augment import normalize_uint8
 from .data.base import LoaderSpec, accepts_start_batch
 from .logging_utils import RunLogger, progress_bar
 from .methods import build_method
@@ -32,6 +36,7 @@ from .optim import lr_at
 from .runtime.device import cuda_bf16_native, resolve_amp, resolve_device  # noqa: F401 (re-exported)
 from .runtime.errors import UserError
 from .optim.build import build_optimizer
+from .trainer_eval import EvalMixin
 from .trainer_state import CheckpointWriteError, RunStateMixin, code_version  # noqa: F401 (re-exported)
 from .run_folder import discard_start_files, missing_checkpoint_message, prepare_run_dir
 from .stop_signals import install_stop_handlers
@@ -61,7 +66,7 @@ class RunOptions:
     skip_nonfinite: int = 0          # skip up to N steps with a non-finite loss/gradient instead of stopping
 
 
-class Trainer(RunStateMixin):
+class Trainer(RunStateMixin, EvalMixin):
     def __init__(self, cfg: Config, opts: RunOptions):
         self.cfg, self.opts = cfg, opts
         self.device = resolve_device(opts.device)
@@ -403,50 +408,6 @@ class Trainer(RunStateMixin):
         return bool(flag.item() > 0)
 
     @torch.no_grad()
-    def validate(self, epoch: int) -> dict:
-        spec = LoaderSpec(root=str(self.data_root), split="val", recipe="eval", image_size=self.cfg.image_size,
-                          batch_size=self.local_batch, rank=self.dist.rank, world_size=self.dist.world_size,
-                          device=str(self.device), workers=self.loader.spec.workers if hasattr(self.loader, "spec") else 2,
-                          seed=self.cfg.seed, train=False)
-        loader = build_loader("folder" if self.loader_name == "folder" else self.loader_name, spec)
-        enc = self.model.online_encoder
-        enc.eval()
-        counts = torch.zeros(3, device=self.device)
-        try:
-            for views, labels in loader:
-                if loader.output == "uint8":  # eval crops: normalise only, no training augmentation
-                    x = normalize_uint8(views[0], channels_last=self.opts.channels_last)
-                else:
-                    x = views[0]
-                with self._autocast():
-                    logits = enc(x)
-                a1, a5 = topk_acc(logits.float(), labels)
-                n = labels.shape[0]
-                counts += torch.tensor([a1 * n / 100, a5 * n / 100, n], device=self.device)
-        finally:
-            if callable(getattr(loader, "close", None)):  # a loader per validation: stop its threads
-                loader.close()
-        if self.dist.distributed:
-            torch.distributed.all_reduce(counts)
-        self.model.train()
-        res = {"val_acc1": float(counts[0] / counts[2] * 100), "val_acc5": float(counts[1] / counts[2] * 100)}
-        self.logger.log({"epoch": epoch + 1, **res}, self.global_step, prefix="val")
-        if self.is_main:
-            log.info("epoch %d: val top-1 %.2f top-5 %.2f", epoch + 1, res["val_acc1"], res["val_acc5"])
-        return res
-
-    def knn_monitor(self, epoch: int) -> dict:
-        from .knn import knn_eval_encoder
-        res = knn_eval_encoder(self.model.online_encoder, self.data_root, self.cfg.image_size, self.local_batch,
-                               self.device, workers=2, amp_dtype=self.amp_dtype, k=self.cfg.knn_k,
-                               loader=self.loader_name)
-        self.model.train()
-        self.logger.log({"epoch": epoch + 1, "knn_acc1": res["acc1"], "knn_acc5": res["acc5"]},
-                        self.global_step, prefix="knn")
-        if self.is_main:
-            log.info("epoch %d: kNN top-1 %.2f", epoch + 1, res["acc1"])
-        return {"knn_acc1": res["acc1"]}
-
     def discard_failed_start(self) -> None:
         """A start that failed before its first step and checkpoint removes what it wrote
         (config.json, log.jsonl, tb/), so the rerun finds no half-made run to trip over."""

@@ -321,8 +321,9 @@ def test_existing_report_is_not_overwritten(tmp_path):
 
 def test_photo_set_on_a_machine_without_photographs(tmp_path):
     """--photos where scikit-image and matplotlib are unimportable: with exported source
-    photographs (FASTAIRL_PHOTO_SOURCES) the photo set is cut as usual; without them the
-    procedural demo stands in, said in the log and named in the report's Data line."""
+    photographs (FASTAIRL_PHOTO_SOURCES) the photo set is cut as usual; without them there is
+    no stand-in (the demo data is cut from the same photographs): one line, exit 2, nothing
+    written."""
     from fastairl.data.photos import export_source_photos
     export_source_photos(tmp_path / "src")
     env = hidden_packages_env(tmp_path, ["skimage", "matplotlib"], "tests/test_bench.py")
@@ -334,11 +335,13 @@ def test_photo_set_on_a_machine_without_photographs(tmp_path):
     data_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Data: "))
     assert "photos-v1-n16" in data_line and "(photos)" in data_line
 
-    proc = run_cli(base + ["--out", str(tmp_path / "b"), "--name", "r"], env=env, timeout=300)  # the demo is cached
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "USING THE PROCEDURAL DEMO DATA" in proc.stderr
-    data_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Data: "))
-    assert "(demo (no photographs" in data_line and "(photos)" not in data_line
+    proc = run_cli(base + ["--out", str(tmp_path / "b"), "--name", "r"], timeout=300,
+                   env={**env, "FASTAIRL_CACHE": str(tmp_path / "empty")})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("fastairl: error: --photos 16: no source photographs found")
+    assert "FASTAIRL_PHOTO_SOURCES" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
 def test_gpu_session_smoke_rehearses_on_cpu(tmp_path, demo_root):

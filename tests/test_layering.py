@@ -23,7 +23,7 @@ LAYERS = {
                 "fastairl.checkpoint"],
     "components": ["fastairl.data", "fastairl.models", "fastairl.methods", "fastairl.optim", "fastairl.config",
                    "fastairl.config_help", "fastairl.rank_check"],
-    "tasks": ["fastairl.engine", "fastairl.trainer_state", "fastairl.knn", "fastairl.linear_eval", "fastairl.eval_scale"],
+    "tasks": ["fastairl.engine", "fastairl.trainer_eval", "fastairl.trainer_state", "fastairl.knn", "fastairl.linear_eval", "fastairl.eval_scale"],
     "tools": ["fastairl.train", "fastairl.preview", "fastairl.export_backbone", "fastairl.convert_detectron2",
               "fastairl.norm_rescale", "fastairl.demo_report"],
 }
