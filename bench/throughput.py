@@ -46,7 +46,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import re
