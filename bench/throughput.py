@@ -298,7 +298,7 @@ def ensure_packed(root: Path, max_pack: int) -> tuple[Path | None, str | None]:
         return None, (f"{root}/train holds more than {max_pack} images; pack it once with "
                       f"`python data_prep/write_ffcv.py --data {root} --out DIR` and pass --packed DIR "
                       f"(or raise --max-pack)")
-    from fastairl.data.demo import cache_dir, folder_lock
+    from fastairl.data.cache import cache_dir, folder_lock
     key = hashlib.sha1(f"{root.resolve()}|{n}".encode()).hexdigest()[:12]
     out = cache_dir() / "bench-packed" / f"{root.name}-{key}"
     marker = out / "bench-source.json"

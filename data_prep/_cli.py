@@ -25,7 +25,7 @@ except ImportError:  # run as a file from a checkout without the package install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastairl.cli_util import ArgumentParser, error  # noqa: E402
-from fastairl.data.demo import read_done
+from fastairl.data.cache import read_done
 
 __all__ = ["add_output_flags", "int_at_least", "make_folder", "new_parser", "start_logging"]
 

@@ -75,6 +75,7 @@ class Config:
     seed: int = 0
     log_every: int = 10
     knn_every: int = 0
+    knn_k: int = 200                   # neighbours of the kNN monitor (knn_every)
     max_bad_share: float = 0.01       # stop when more than this share of the images is unreadable
     # training sample order: "random" = a full seeded permutation per epoch on every backend and
     # world size (the reference's DistributedSampler); "quasi_random" = ffcv's page-aware order

@@ -187,7 +187,7 @@ class Trainer:
         self.data_root = resolve_data(opts.data)
         self.loader_name = choose_loader(opts.loader or cfg.loader, self.data_root, self.device.type)
         if self.loader_name == "ffcv" and opts.data == "demo":
-            from .data.demo import ensure_demo_packed
+            from .data.demo_packed import ensure_demo_packed
             self.data_root = ensure_demo_packed(self.data_root)
         if cfg.sample_order != "random" and self.loader_name != "ffcv":
             raise UserError(f"sample_order={cfg.sample_order} is ffcv's page-aware order; the {self.loader_name} "
@@ -618,7 +618,8 @@ class Trainer:
     def knn_monitor(self, epoch: int) -> dict:
         from .knn import knn_eval_encoder
         res = knn_eval_encoder(self.model.online_encoder, self.data_root, self.cfg.image_size, self.local_batch,
-                               self.device, workers=2, amp_dtype=self.amp_dtype, loader=self.loader_name)
+                               self.device, workers=2, amp_dtype=self.amp_dtype, k=self.cfg.knn_k,
+                               loader=self.loader_name)
         self.model.train()
         self.logger.log({"epoch": epoch + 1, "knn_acc1": res["acc1"], "knn_acc5": res["acc5"]},
                         self.global_step, prefix="knn")

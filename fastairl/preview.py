@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from fastairl.data.augment import PARAM_KEYS, GPUAugment, to_grayscale
-from fastairl.data.demo import ensure_demo_packed
+from fastairl.data.demo_packed import ensure_demo_packed
 from fastairl.data.recipes import MEAN, STD, ViewRecipe, get_recipe
 
 if TYPE_CHECKING:

@@ -155,11 +155,14 @@ def test_empty_class_folder_is_named(tmp_path, demo_root):
 
 @pytest.mark.parametrize("exp", ["moco_v2p", "supervised"])
 def test_demo_script_trains_and_reports_knn(exp, tmp_path, demo_root):
-    """data_prep/demo.py, what `make demo` runs, for one short epoch: it trains, prints the
-    kNN table of the trained and the random backbone, and keeps the supervised lr."""
+    """data_prep/demo.py, what `make demo` runs, for one short epoch: it trains with the kNN
+    monitor, prints the kNN table of the trained and the random backbone, writes the same
+    numbers to result.json and a readable summary.png, and keeps the supervised lr."""
+    from PIL import Image
     from fastairl.config import load_experiment
     res = run_cli(["data_prep/demo.py", "--exp", exp, "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-                   "--output-dir", str(tmp_path), "--knn-k", "5", "--set", "image_size=32"], timeout=900)
+                   "--output-dir", str(tmp_path), "--knn-k", "5", "--knn-every", "1", "--set", "image_size=32"],
+                  timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     table = {}
     for ln in res.stdout.splitlines():
@@ -169,9 +172,23 @@ def test_demo_script_trains_and_reports_knn(exp, tmp_path, demo_root):
     assert set(table) == {"pre-trained", "random init"}, res.stdout
     assert all(0 <= top1 <= top5 <= 100 for top1, top5 in table.values())
     cfg = json.loads((tmp_path / exp / "config.json").read_text())
-    assert (cfg["arch"], cfg["image_size"], cfg["epochs"]) == ("resnet18", 32, 1)
-    assert cfg["lr"] == (load_experiment(exp).lr if exp == "supervised" else 0.5)
+    assert (cfg["arch"], cfg["image_size"], cfg["epochs"], cfg["knn_k"]) == ("resnet18", 32, 1, 5)
+    assert cfg["lr"] == (load_experiment(exp).lr if exp == "supervised" else 1.5)
     assert (tmp_path / exp / "last.pth").is_file()
+    tag = "" if exp == "moco_v2p" else f"-{exp}"
+    result = json.loads((tmp_path / f"result{tag}.json").read_text())
+    assert [result["pretrained"]["acc1"], result["pretrained"]["acc5"]] == pytest.approx(table["pre-trained"], abs=0.01)
+    assert [result["random_init"]["acc1"], result["random_init"]["acc5"]] == pytest.approx(table["random init"], abs=0.01)
+    assert result["chance"] == 10.0 and result["seed"] == 0 and result["exp"] == exp
+    # The pre-trained number is the kNN monitor's point at the last epoch.
+    assert [r["epoch"] for r in result["per_epoch"]] == [1]
+    assert result["per_epoch"][0]["knn_acc1"] == result["pretrained"]["acc1"]
+    assert "loss" in result["per_epoch"][0]
+    png = tmp_path / f"summary{tag}.png"
+    assert f"summary:     {png.resolve()}" in res.stdout
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 200
+        im.load()
 
 
 def test_trains_on_a_bare_torch_machine(tmp_path, demo_root):
@@ -180,7 +197,7 @@ def test_trains_on_a_bare_torch_machine(tmp_path, demo_root):
     PYTHONPATH). The nvjpeg backend trains from the packed demo, read by fastairl's own
     reader, with the progress bar on; the missing extras are named once each."""
     pytest.importorskip("ffcv", reason="packing the demo for this test needs ffcv")
-    from fastairl.data.demo import ensure_demo_packed
+    from fastairl.data.demo_packed import ensure_demo_packed
     packed = ensure_demo_packed(demo_root)
     env = hidden_packages_env(tmp_path, ["ffcv", "tqdm", "tensorboard", "matplotlib", "scipy", "skimage",
                                          "nvidia/dali"], "tests/test_cli.py")

@@ -20,9 +20,9 @@ from PIL import Image
 
 from fastairl.data import demo, photos
 from fastairl.data.demo import (
-    CLASS_NAMES, HEIGHT_RANGE, QUALITY_RANGE, WIDTH_RANGE, class_folder_names,
-    ensure_demo_data, folder_lock, make_demo_data, read_done,
+    CLASS_NAMES, IMAGE_SIZE, QUALITY_RANGE, class_folder_names, ensure_demo_data, make_demo_data,
 )
+from fastairl.data.cache import cache_dir, folder_lock, read_done
 from fastairl.data.photos import ensure_photo_set, load_source_photos, make_photo_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,9 +75,9 @@ def _cli(path: Path):
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTAIRL_CACHE", str(tmp_path / "c"))
-    assert demo.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("FASTAIRL_CACHE")
-    assert demo.cache_dir() == Path.home() / ".cache" / "fastairl"
+    assert cache_dir() == Path.home() / ".cache" / "fastairl"
 
 
 def test_demo_layout_sizes_and_marker(tmp_path):
@@ -86,7 +86,7 @@ def test_demo_layout_sizes_and_marker(tmp_path):
     names = class_folder_names()
     assert names == sorted(names) and len(names) == 10
     assert [n.split("_", 1)[1] for n in names] == list(CLASS_NAMES)
-    sizes, qualities = set(), set()
+    qualities = set()
     for split, per_class in (("train", 4), ("val", 2)):
         files = _files(out, split)
         assert list(files) == names
@@ -96,15 +96,12 @@ def test_demo_layout_sizes_and_marker(tmp_path):
                 assert p.suffix == ".JPEG"
                 with Image.open(p) as im:
                     assert im.format == "JPEG" and im.mode == "RGB"
-                    w, h = im.size
-                    assert WIDTH_RANGE[0] <= w <= WIDTH_RANGE[1], (p, im.size)
-                    assert HEIGHT_RANGE[0] <= h <= HEIGHT_RANGE[1], (p, im.size)
+                    assert im.size == (IMAGE_SIZE, IMAGE_SIZE), (p, im.size)
                     q = _jpeg_quality(im)
                     assert QUALITY_RANGE[0] - 2 <= q <= QUALITY_RANGE[1] + 2, (p, q)
                     qualities.add(q)
                     im.load()  # the whole stream decodes
-                sizes.add((w, h))
-    assert len(sizes) > 20 and len(qualities) > 5  # sizes and qualities really vary
+    assert len(qualities) > 5  # qualities really vary
     done = json.loads((out / "DONE").read_text())
     assert done["images"] == 60 and done["classes"] == names
     assert done["seed"] == 0 and done["train_per_class"] == 4 and done["val_per_class"] == 2
@@ -193,9 +190,9 @@ def _nearest_centroid_accuracy(x: np.ndarray, y: np.ndarray) -> float:
     return float((dist.argmin(1) == y).mean())
 
 
-def test_demo_label_is_in_shape_not_colour(tmp_path):
-    out = make_demo_data(tmp_path / "d", seed=11, train_per_class=16, val_per_class=6)
-    colour_x, shape_x, labels = [], [], []
+def _class_features(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, list]]:
+    """Mean colour, edge structure, labels, and per class the images' mean-hue unit vectors."""
+    colour_x, shape_x, labels, hues = [], [], [], {}
     for split in ("train", "val"):
         for label, paths in enumerate(_files(out, split).values()):
             for p in paths:
@@ -203,61 +200,55 @@ def test_demo_label_is_in_shape_not_colour(tmp_path):
                     im = im.convert("RGB")
                     colour_x.append(_colour_feature(im))
                     shape_x.append(_structure_feature(im))
+                    hsv = np.asarray(im.convert("HSV"), dtype=np.float64)
+                ang, sat = hsv[..., 0] / 256 * 2 * np.pi, hsv[..., 1]
+                v = np.array([(sat * np.cos(ang)).sum(), (sat * np.sin(ang)).sum()])
+                hues.setdefault(label, []).append(v / (np.linalg.norm(v) + 1e-9))
                 labels.append(label)
-    y = np.array(labels)
-    colour = _nearest_centroid_accuracy(np.stack(colour_x), y)
-    shape = _nearest_centroid_accuracy(np.stack(shape_x), y)
-    # 10 classes: chance is 0.10.
-    assert colour < 0.25, f"mean colour predicts the class ({colour:.2f}): colour leaks the label"
-    assert shape > 0.30 and shape > colour + 0.15, (shape, colour)
+    return np.stack(colour_x), np.stack(shape_x), np.array(labels), hues
 
 
-def _class_effect_pvalues(means: np.ndarray) -> np.ndarray:
-    """Per-channel p-value of "the class shifts the mean colour" (randomised-block ANOVA).
-
-    ``means[s, c]`` is the mean RGB of scene ``s`` rendered as class ``c``. Each scene is
-    a block: subtracting its mean over classes removes the (large) palette variation, so
-    even a small class-dependent colour cast stands out.
-    """
-    from scipy import stats
-
-    n, k, _ = means.shape
-    resid = means - means.mean(1, keepdims=True)
-    effect = resid.mean(0)                               # (k, 3)
-    ss_class = n * (effect ** 2).sum(0)
-    ss_err = ((resid - effect) ** 2).sum((0, 1))
-    f = (ss_class / (k - 1)) / (ss_err / ((n - 1) * (k - 1)))
-    return stats.f.sf(f, k - 1, (n - 1) * (k - 1))
+def _hue_agreement(hues: dict[int, list]) -> list[float]:
+    """Per class, the length of the mean of its images' hue directions: near 1 when a class
+    has one hue, about 1/sqrt(n) when every image has its own."""
+    return [float(np.linalg.norm(np.mean(h, 0))) for h in hues.values()]
 
 
-def test_demo_scene_is_shared_across_classes_and_colour_does_not_leak():
-    """Rendered from the same random state, every class gets the same scene.
+def test_demo_label_is_in_content_not_colour(tmp_path, monkeypatch):
+    """Each class is one photograph; every image gets its own hue. So mean colour names
+    the class poorly, edge structure (colour-blind) names it well, and a class's images
+    share no hue: what the augmentations keep (content across crops and colour changes)
+    is what the classes are."""
+    out = make_demo_data(tmp_path / "d", seed=11, train_per_class=16, val_per_class=6, workers=1)
+    colour_x, shape_x, y, hues = _class_features(out)
+    colour = _nearest_centroid_accuracy(colour_x, y)
+    shape = _nearest_centroid_accuracy(shape_x, y)
+    # 10 classes: chance is 0.10 (brightness keeps a little: the deep-field photo is dark).
+    assert colour < 0.4, f"mean colour predicts the class ({colour:.2f}): colour leaks the label"
+    assert shape > 0.5 and shape > colour + 0.25, (shape, colour)
+    assert max(_hue_agreement(hues)) < 0.6, _hue_agreement(hues)
+    # The hue check has the power to see a class with one hue: without the colour shift,
+    # most classes keep their photograph's hue.
+    monkeypatch.setattr(demo, "_colour_shift", lambda arr, rng: arr)
+    plain = make_demo_data(tmp_path / "plain", seed=11, train_per_class=16, val_per_class=6, workers=1)
+    agreement = _hue_agreement(_class_features(plain)[3])
+    assert sum(a > 0.6 for a in agreement) >= 6, agreement
 
-    So the images of two classes differ only where the objects are, and a paired test
-    has the power to see a colour cast of a few per cent, which the unpaired
-    nearest-centroid check above could not.
-    """
-    n_scenes, k = 12, len(CLASS_NAMES)
-    means = np.zeros((n_scenes, k, 3))
-    for s in range(n_scenes):
-        arrays = []
-        for c in range(k):
-            im, quality = demo.render_demo_image(np.random.default_rng([7, s]), c)
-            a = np.asarray(im, dtype=np.float64)
-            arrays.append((a, quality))
-            means[s, c] = a.reshape(-1, 3).mean(0)
-        base, q0 = arrays[0]
-        for a, q in arrays[1:]:
-            assert a.shape == base.shape and q == q0  # same size and JPEG quality
-            same = (a == base).all(-1).mean()
-            assert 0.5 < same < 1.0, same  # same scene, different object
-    p = _class_effect_pvalues(means)
-    assert (p > 1e-3).all(), f"class shifts the mean colour (p={p})"
-    # The check has the power to see a 10 % per-class colour cast.
-    cast = means.copy()
-    for c in range(k):
-        cast[:, c, c % 3] *= 1.10
-    assert (_class_effect_pvalues(cast) < 1e-6).any()
+
+def test_demo_without_its_photographs_says_what_to_install(tmp_path):
+    r = _run(["-c", textwrap.dedent("""
+        import sys
+        sys.modules["skimage"] = None  # as if scikit-image were not installed
+        from fastairl.data.demo import make_demo_data
+        try:
+            make_demo_data(sys.argv[1], train_per_class=2, val_per_class=1)
+        except RuntimeError as e:
+            print("ERROR:", e)
+    """), tmp_path / "d"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERROR: the demo dataset is cut from photographs"), r.stdout
+    assert "astronaut" in r.stdout and "pip install" in r.stdout
+    assert not (tmp_path / "d").exists()
 
 
 def test_interrupted_generation_never_looks_complete(tmp_path):
@@ -300,7 +291,7 @@ _ENSURE_CHILD = textwrap.dedent("""
 def test_concurrent_ensure_generates_once(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "FASTAIRL_CACHE": str(cache)}
-    target = cache / "demo-v1-s3-t5-v2-c4"
+    target = cache / f"demo-v{demo.DEMO_VERSION}-s3-t5-v2-c4"
     # Hold the lock while both children start, so they really contend for it.
     with folder_lock(target):
         procs = [subprocess.Popen([sys.executable, "-c", _ENSURE_CHILD], env=env, text=True,
@@ -488,7 +479,7 @@ def test_exported_source_photos_give_the_same_set(tmp_path, capsys):
     cli = _cli(PHOTO_CLI)
     assert cli.main(["--export-sources", str(tmp_path / "src")]) == 0
     pngs = sorted(p.name for p in (tmp_path / "src").iterdir())
-    assert len(pngs) == 9 and pngs[0] == "00_astronaut.png" and "05_grace_hopper.png" in pngs
+    assert len(pngs) == 10 and pngs[0] == "00_astronaut.png" and "05_grace_hopper.png" in pngs
     assert cli.main(["--export-sources", str(tmp_path / "src")]) == 2  # never over an existing folder
     assert "already exists" in capsys.readouterr().err
 

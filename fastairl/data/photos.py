@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from fastairl.data.demo import build_atomically, cache_dir, ensure_folder, run_tasks
+from fastairl.data.cache import build_atomically, cache_dir, ensure_folder, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _SEED_TAG = 0x9407
 
 # Bundled colour photographs of scikit-image 0.26 (all ship inside the wheel, so
 # loading them never triggers a pooch download), in the order classes take them.
-# Deliberately left out: synthetic images (color, colorwheel, logo), grey-scale ones,
+# Deliberately left out: synthetic images (color, colorwheel, logo), grey-scale ones but brick,
 # and motorcycle_right (the stereo twin of motorcycle_left, i.e. the same scene).
 _SKIMAGE_PHOTOS: tuple[tuple[str, Callable], ...] = (
     ("astronaut", lambda d: d.astronaut()),
@@ -60,6 +60,9 @@ _SKIMAGE_PHOTOS: tuple[tuple[str, Callable], ...] = (
     ("immunohistochemistry", lambda d: d.immunohistochemistry()),
     ("retina", lambda d: d.retina()),
     ("hubble_deep_field", lambda d: d.hubble_deep_field()),
+    # Grey-scale, so stacked to three equal channels; last, so the default 8-class photo
+    # set never uses it (the demo tints it per image).
+    ("brick", lambda d: np.repeat(np.asarray(d.brick())[..., None], 3, axis=2)),
 )
 _MPL_PHOTOS = ("grace_hopper.jpg",)
 # Where grace_hopper goes in the class order (after the everyday scenes of skimage).
