@@ -92,14 +92,15 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
-#: ``--data demo`` is the built-in 1,000-image dataset for laptops and CI machines: unless
+#: ``--data demo`` is the built-in dataset for laptops and CI machines (10 classes, 2,000
+#: train / 400 val JPEGs of 112 px, ``fastairl.data.demo``): unless
 #: the user sets them, the run uses these demo-scale values (a full ResNet-50 at 224 px
 #: with 256 images per step needs ~25 GB and minutes per step on a CPU). Heads, queue,
 #: optimiser and schedule keep the experiment's values.
 DEMO_SCALE = {"arch": "resnet18", "image_size": 64, "batch_size": 64}
 
 #: ``python -m fastairl.linear_eval --data demo``: the reference schedule (lr 30 per 256,
-#: batch 256, 100 epochs, x0.1 at 60/80) is an hour of CPU on 1,000 images and its lr
+#: batch 256, 100 epochs, x0.1 at 60/80) is hours of CPU on the demo's 2,000 images and its lr
 #: diverges on demo-scale features (loss near 5e5). Unless the user gives the flag, the
 #: demo runs this instead (``fastairl.eval_scale``; ``--large-norm-config`` keeps its own lr
 #: and takes only epochs, batch and eval_every). Measured on 2 CPU cores: about a minute and

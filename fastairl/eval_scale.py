@@ -1,4 +1,4 @@
-"""Where the evaluation tools' image size, arch and (on the demo data) schedule come from.
+"""Where the evaluation tools' image size, arch, kNN k and (on the demo data) schedule come from.
 
 A backbone pre-trained at 64 px sees a different world at 224 px (its BN statistics and
 receptive fields were learned at 64), and the demo run trains at demo scale (ResNet-18,
@@ -11,7 +11,9 @@ for each value the user did not give as a flag:
    recognises), the demo scale;
 3. else the protocol's default (224 px).
 
-Each tool logs one line per value saying which of these it was. The arch of a checkpoint
+``knn`` also takes ``k`` from the checkpoint's ``knn_k`` (the demo monitors with k=20 on its
+200 images per class), so it repeats the number the run reported. Each tool logs one line
+per value saying which of these it was. The arch of a checkpoint
 is still checked against its block structure by :func:`fastairl.knn.load_encoder`; the
 config only tells the user where it came from (and the weights win if the two disagree).
 
@@ -30,6 +32,8 @@ log = logging.getLogger("fastairl")
 
 #: The protocols' crop size when neither a flag, a checkpoint nor the demo data says otherwise.
 DEFAULT_IMAGE_SIZE = 224
+#: The kNN protocol's neighbours when neither ``--k`` nor the checkpoint's ``knn_k`` says otherwise.
+DEFAULT_KNN_K = 200
 
 
 def is_demo(data: str | os.PathLike | None) -> bool:
@@ -135,13 +139,19 @@ def apply_linear_eval_demo_scale(args: argparse.Namespace) -> list[str]:
 
 def prepare_eval_args(args: argparse.Namespace, tool: str) -> dict | None:
     """Fill ``args`` (in place) for ``tool`` (``linear_eval`` or ``knn``): the linear-eval demo
-    schedule, the image size and, for a random baseline on the demo data, the arch. Returns
+    schedule, the image size, for a random baseline on the demo data the arch, and for kNN
+    the k of the run's own monitor (``knn_k``: the demo trains with 20). Returns
     the checkpoint's stored config (or None) for :func:`report_arch`."""
     if tool == "linear_eval":
         apply_linear_eval_demo_scale(args)
     cfg = checkpoint_config(args.ckpt)
     args.image_size = resolve_image_size(args.image_size, args.ckpt, args.data, tool, cfg)
     args.arch = resolve_arch(args.arch, args.ckpt, args.data, args.random_init, tool, cfg)
+    if tool == "knn" and args.k is None:  # the run's own monitor k, so the tool repeats its number
+        stored = cfg.get("knn_k") if cfg else None
+        args.k = stored if isinstance(stored, int) else DEFAULT_KNN_K
+        where = f"the config stored in {args.ckpt}" if isinstance(stored, int) else "the protocol's default"
+        log.info("%s: k %d from %s (pass --k to change)", tool, args.k, where)
     return cfg
 
 

@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_flags(p, "which encoder of the checkpoint (auto: online if present, else supervised, else target)")
     p.add_argument("--image-size", type=int, help="centre-crop size (default: the checkpoint's, demo 64, else 224)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size for feature extraction")
-    p.add_argument("--k", type=int, default=200, help="neighbours per query")
+    p.add_argument("--k", type=int, help="neighbours per query (default: the checkpoint's knn_k, else 200)")
     p.add_argument("--t", type=float, default=0.07, help="temperature of the exp(sim / T) weights")
     add_device_flags(p, "feature extraction", workers=4)
     p.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
