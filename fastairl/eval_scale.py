@@ -62,6 +62,15 @@ def resolve_image_size(flag: int | None, ckpt: str | None, data: str | None, too
                        cfg: dict | None = None, default: int = DEFAULT_IMAGE_SIZE,
                        default_from: str = "the protocol's default") -> int:
     """The crop size for ``tool`` and one log line saying where it came from."""
+    size, note = image_size_source(flag, ckpt, data, tool, cfg, default, default_from)
+    log.info("%s", note)
+    return size
+
+
+def image_size_source(flag: int | None, ckpt: str | None, data: str | None, tool: str,
+                      cfg: dict | None = None, default: int = DEFAULT_IMAGE_SIZE,
+                      default_from: str = "the protocol's default") -> tuple[int, str]:
+    """:func:`resolve_image_size` without the logging: ``(size, the line to log)``."""
     from fastairl.config import DEMO_SCALE
     if cfg is None:
         cfg = checkpoint_config(ckpt)
@@ -73,8 +82,7 @@ def resolve_image_size(flag: int | None, ckpt: str | None, data: str | None, too
         size, where = DEMO_SCALE["image_size"], f"demo scale, --data {data} (pass --image-size to change)"
     else:
         size, where = default, f"{default_from} (pass --image-size to change)"
-    log.info("%s: image size %d px from %s", tool, size, where)
-    return size
+    return size, f"{tool}: image size {size} px from {where}"
 
 
 def resolve_arch(flag: str, ckpt: str | None, data: str | None, random_init: bool, tool: str,
@@ -164,9 +172,10 @@ def load_eval_encoder(args: argparse.Namespace, cfg: dict | None, tool: str):
 
 
 def preview_config(opts):
-    """``fastairl.preview``'s experiment config and view size: ``--exp``, or the config stored
-    in ``--ckpt`` (the run's own recipe, seed and size); the size as :func:`resolve_image_size`
-    says, the experiment's value last. Raises ``ValueError`` (one line) for a ``--ckpt``
+    """``fastairl.preview``'s experiment config, view size and the line saying where the size
+    came from (logged by the caller once its flags are checked, so a bad flag stays a one-line
+    error): ``--exp``, or the config stored in ``--ckpt`` (the run's own recipe, seed and
+    size); the size as :func:`resolve_image_size` says, the experiment's value last. Raises ``ValueError`` (one line) for a ``--ckpt``
     without a stored config."""
     from fastairl.config import Config, load_experiment
     stored = checkpoint_config(opts.ckpt) if opts.ckpt else None
@@ -180,6 +189,5 @@ def preview_config(opts):
         cfg = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in known})
     else:
         cfg = Config(name="")
-    size = resolve_image_size(opts.image_size, opts.ckpt, opts.data, "preview", stored, default=cfg.image_size,
-                              default_from=f"experiment {cfg.name!r}" if cfg.name else "the default config")
-    return cfg, size
+    return cfg, *image_size_source(opts.image_size, opts.ckpt, opts.data, "preview", stored, default=cfg.image_size,
+                                   default_from=f"experiment {cfg.name!r}" if cfg.name else "the default config")

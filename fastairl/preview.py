@@ -505,7 +505,7 @@ def _resolve_settings(opts: PreviewOptions) -> dict:
     if opts.exp is None and opts.recipe is None and opts.ckpt is None:
         raise PreviewError("give --exp NAME (the experiment's recipe and settings), --ckpt RUN.pth or --recipe NAME")
     try:
-        cfg, image_size = preview_config(opts)  # fastairl.eval_scale: --exp or --ckpt; size: flag, ckpt, demo
+        cfg, image_size, size_note = preview_config(opts)  # eval_scale: --exp or --ckpt; size: flag, ckpt, demo
     except ConfigError as e:
         raise PreviewError(f"--exp {opts.exp}: {e}") from None
     recipe_name = opts.recipe if opts.recipe is not None else cfg.recipe
@@ -519,6 +519,7 @@ def _resolve_settings(opts: PreviewOptions) -> dict:
     for flag, value, lo in checks:
         if value is not None and (not isinstance(value, int) or value < lo):
             raise PreviewError(f"{flag} {value}: must be an integer >= {lo}")
+    log.info("%s", size_note)
     return {"cfg": cfg, "recipe_name": recipe_name, "recipe": recipe,
             "image_size": image_size,
             "workers": opts.workers if opts.workers is not None else cfg.workers,
