@@ -94,11 +94,22 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
-#: ``--data demo`` is the built-in 2,000-image dataset for laptops and CI machines: unless
+#: ``--data demo`` is the built-in dataset for laptops and CI machines (10 classes, 2,000
+#: train / 400 val JPEGs of 112 px, ``fastairl.data.demo``): unless
 #: the user sets them, the run uses these demo-scale values (a full ResNet-50 at 224 px
 #: with 256 images per step needs ~25 GB and minutes per step on a CPU). Heads, queue,
 #: optimiser and schedule keep the experiment's values.
 DEMO_SCALE = {"arch": "resnet18", "image_size": 64, "batch_size": 64}
+
+#: ``python -m fastairl.linear_eval --data demo``: the reference schedule (lr 30 per 256,
+#: batch 256, 100 epochs, x0.1 at 60/80) is hours of CPU on the demo's 2,000 images and its lr
+#: diverges on demo-scale features (loss near 5e5). Unless the user gives the flag, the
+#: demo runs this instead (``fastairl.eval_scale``; ``--large-norm-config`` keeps its own lr
+#: and takes only epochs, batch and eval_every). Measured 2026-12-03 on 2 shared CPU cores
+#: (niced, beside another training run), on a 4-epoch demo pre-training (kNN 55.75): 5.3 min,
+#: loss 3.0 -> 1.4-1.7 (noisy, finite), val top-1 40.25 at epoch 2 and 51.75 at epoch 4
+#: (chance 10). lr 1.0 per 256 gave losses of 18-32 in the first 20 steps.
+LINEAR_EVAL_DEMO_SCALE = {"epochs": 4, "batch_size": 64, "lr": 0.2, "milestones": (3,), "eval_every": 2}
 
 
 def available_experiments() -> list[str]:

@@ -101,6 +101,13 @@ def to_detectron2_pickle(converted: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {"model": dict(converted), "__author__": "torchvision", "matching_heuristics": True}
 
 
+def r50_warning(arch: str) -> str:
+    """One line for a converted backbone that is not a ResNet-50: every ``det/`` config
+    builds an R50 (``RESNETS.DEPTH: 50``), so the pickle loads there only partly or not at all."""
+    return (f"fastairl: warning: the converted backbone is a {arch}, but the det/ configs are for ResNet-50 "
+            f"(R50); in your own config set MODEL.RESNETS.DEPTH (and RES2_OUT_CHANNELS 64 for resnet18/34)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastairl.cli_util import ArgumentParser
     ap = ArgumentParser(
@@ -135,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         arch = detect_arch(backbone)
     except CheckpointError:
-        arch = "unrecognised ResNet layout"
+        arch = "ResNet of an unrecognised layout"
     print(f"wrote {len(converted)} tensors ({arch}, {args.encoder} encoder) from {args.input} to {args.output}")
+    if arch != "resnet50":
+        print(r50_warning(arch), file=sys.stderr, flush=True)
     if unconverted:
         print(f"unconverted keys (not written): {', '.join(unconverted)}")
     else:

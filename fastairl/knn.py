@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from fastairl import distributed as fdist
 from fastairl.data import LOADERS
 from fastairl.data.augment import normalize_uint8
+from fastairl.eval_scale import load_eval_encoder, prepare_eval_args
 from fastairl.models.resnet import ARCHS, Encoder
 
 log = logging.getLogger("fastairl")
@@ -415,9 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Weighted kNN evaluation (k=200, T=0.07) of a checkpoint's backbone; "
                                             "single process or torchrun.")
     add_encoder_flags(p, "which encoder of the checkpoint (auto: online if present, else supervised, else target)")
-    p.add_argument("--image-size", type=int, default=224, help="centre-crop size (resize to 256/224 of it first)")
+    p.add_argument("--image-size", type=int, help="centre-crop size (default: the checkpoint's, demo 64, else 224)")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size for feature extraction")
-    p.add_argument("--k", type=int, default=200, help="neighbours per query")
+    p.add_argument("--k", type=int, help="neighbours per query (default: the checkpoint's knn_k, else 200)")
     p.add_argument("--t", type=float, default=0.07, help="temperature of the exp(sim / T) weights")
     add_device_flags(p, "feature extraction", workers=4)
     p.add_argument("--seed", type=int, default=0, help="seed of the --random-init weights")
@@ -434,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_console(int(os.environ.get("RANK", "0")))
     try:
+        ckpt_config = prepare_eval_args(args, "knn")  # image size (and a random baseline's arch)
         check_positive_flags((("--image-size", args.image_size), ("--batch-size", args.batch_size), ("--k", args.k)),
                              args.image_size)
         if args.t <= 0:
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size % info.world_size:
             raise UserError(f"--batch-size {args.batch_size} is not divisible by the {info.world_size} processes")
         root = resolve_data(args.data)
-        enc, desc = load_encoder(args.ckpt, args.encoder, args.arch, args.random_init, args.seed)
+        enc, desc = load_eval_encoder(args, ckpt_config, "knn")
         enc = enc.to(device)
         if args.channels_last:
             enc = enc.to(memory_format=torch.channels_last)

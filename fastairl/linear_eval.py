@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from fastairl import distributed as fdist
 from fastairl.data.augment import normalize_uint8
+from fastairl.eval_scale import DEFAULT_IMAGE_SIZE, load_eval_encoder, prepare_eval_args
 from fastairl.logging_utils import progress_bar
 from fastairl.knn import (add_device_flags, add_encoder_flags, autocast, check_positive_flags, gather_unique,
                           load_encoder, shard_indices, topk_hits)
@@ -214,12 +215,12 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             pre["milestones"] = tuple(int(s) for s in args.milestones.split(",") if s.strip())
         except ValueError:
             raise UserError(f"--milestones {args.milestones}: expected comma-separated epochs, e.g. 60,80") from None
-    s = Settings(eval_every=args.eval_every, **pre)
+    s = Settings(eval_every=EVAL_EVERY if args.eval_every is None else args.eval_every, **pre)
     if args.large_norm_config and args.batch_size is not None and args.lr is None:
         log.info("--large-norm-config with --batch-size %d: lr 0.2 x %d/256 = %.4g (the reference ran 0.2 at "
                  "batch 256)", s.batch_size, s.batch_size, s.lr * s.batch_size / 256.0)
-    check_positive_flags((("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", args.image_size)),
-                         args.image_size)
+    size = DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size  # None: eval_scale decides later
+    check_positive_flags((("--batch-size", s.batch_size), ("--epochs", s.epochs), ("--image-size", size)), size)
     if s.lr <= 0:
         raise UserError(f"--lr {s.lr}: must be > 0")
     if s.weight_decay < 0:
@@ -239,6 +240,7 @@ class LinearEval:
     def __init__(self, args: argparse.Namespace):
         from fastairl.runtime.device import resolve_amp, resolve_device
         self.args = args
+        self.ckpt_config = prepare_eval_args(args, "linear_eval")  # demo schedule, image size, arch
         self.s = resolve_settings(args)
         self.device = resolve_device(args.device)
         self.dist = fdist.init(self.device.type)
@@ -262,7 +264,7 @@ class LinearEval:
         self.local_batch = s.batch_size // d.world_size
         self.data_root = resolve_data(a.data)
 
-        backbone, self.desc = load_encoder(a.ckpt, a.encoder, a.arch, a.random_init, a.seed)
+        backbone, self.desc = load_eval_encoder(a, self.ckpt_config, "linear_eval")
         self.fingerprint = tensor_fingerprint(backbone)
         backbone.requires_grad_(False)
         backbone = backbone.to(self.device)
@@ -592,8 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (default 100, or 80 with --large-norm-config)")
     p.add_argument("--milestones", help="epochs of the x0.1 steps, comma-separated (default 60,80)")
     p.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
-    p.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="validate every N epochs (and at the end)")
-    p.add_argument("--image-size", type=int, default=224, help="crop size")
+    p.add_argument("--eval-every", type=int, help=f"validate every N epochs (and at the end; default {EVAL_EVERY})")
+    p.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's, demo 64, else 224)")
     p.add_argument("--output-dir", default="outputs/linear", help="runs go to <output-dir>/<name>/")
     p.add_argument("--name", help="run name (default: <ckpt-stem>-<encoder>)")
     add_device_flags(p, "the backbone", workers=6)

@@ -135,6 +135,7 @@ class PreviewOptions:
     epoch: int = 0
     image_size: int | None = None
     device: str = "auto"
+    ckpt: str | None = None     # a fastairl checkpoint: its stored config stands in for --exp
     keep_views: bool = True     # keep every view (for --dump); False keeps only the first `rows`
     rows: int = 16              # pairs whose views and source images are kept for the grid
 
@@ -498,12 +499,13 @@ class _Batch:
 
 def _resolve_settings(opts: PreviewOptions) -> dict:
     """Experiment defaults + flags -> the values the loader and the grid use."""
-    from fastairl.config import Config, ConfigError, load_experiment
+    from fastairl.config import ConfigError
+    from fastairl.eval_scale import preview_config
 
-    if opts.exp is None and opts.recipe is None:
-        raise PreviewError("give --exp NAME (the experiment's recipe and settings) or --recipe NAME")
+    if opts.exp is None and opts.recipe is None and opts.ckpt is None:
+        raise PreviewError("give --exp NAME (the experiment's recipe and settings), --ckpt RUN.pth or --recipe NAME")
     try:
-        cfg = load_experiment(opts.exp) if opts.exp is not None else Config(name="")
+        cfg, image_size, size_note = preview_config(opts)  # eval_scale: --exp or --ckpt; size: flag, ckpt, demo
     except ConfigError as e:
         raise PreviewError(f"--exp {opts.exp}: {e}") from None
     recipe_name = opts.recipe if opts.recipe is not None else cfg.recipe
@@ -517,8 +519,9 @@ def _resolve_settings(opts: PreviewOptions) -> dict:
     for flag, value, lo in checks:
         if value is not None and (not isinstance(value, int) or value < lo):
             raise PreviewError(f"{flag} {value}: must be an integer >= {lo}")
+    log.info("%s", size_note)
     return {"cfg": cfg, "recipe_name": recipe_name, "recipe": recipe,
-            "image_size": opts.image_size if opts.image_size is not None else cfg.image_size,
+            "image_size": image_size,
             "workers": opts.workers if opts.workers is not None else cfg.workers,
             "seed": opts.seed if opts.seed is not None else cfg.seed,
             "loader": opts.loader if opts.loader is not None else cfg.loader}
@@ -1103,7 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="loader workers/threads (default: the experiment's)")
     p.add_argument("--seed", type=int, help="random seed (default: the experiment's, 0)")
     p.add_argument("--epoch", type=int, default=0, help="first epoch to draw from (default 0)")
-    p.add_argument("--image-size", type=int, help="view size in pixels (default: the experiment's)")
+    p.add_argument("--ckpt", help="a fastairl run's checkpoint: its stored config gives recipe, seed and size")
+    p.add_argument("--image-size", type=int, help="view size (default: --ckpt's, demo 64, else the experiment's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", help="write the PNG grid here (.png)")
     p.add_argument("--rows", type=int, help="pairs shown in the grid (default: all pairs, at most 16)")
@@ -1154,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PreviewError(f"--rows {rows}: more than --pairs {args.pairs}")
         opts = PreviewOptions(exp=args.exp, recipe=args.recipe, data=args.data, loader=args.loader,
                               pairs=args.pairs, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                              epoch=args.epoch, image_size=args.image_size, device=args.device,
+                              epoch=args.epoch, image_size=args.image_size, device=args.device, ckpt=args.ckpt,
                               keep_views=dump is not None, rows=rows if out is not None else 1)
         res = collect(opts)
         if dump is not None:

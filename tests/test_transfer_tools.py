@@ -282,6 +282,7 @@ def test_convert_r50_cli_gives_detectron2_r50_names_and_values(r50, r50_ckpt, tm
     proc = run_cli("-m", "fastairl.convert_detectron2", str(r50_ckpt), str(out), "--encoder", "online")
     assert proc.returncode == 0, proc.stderr
     assert "unconverted keys: none" in proc.stdout
+    assert "det/ configs" not in proc.stderr + proc.stdout  # an R50 is what they are for: no warning
     with open(out, "rb") as f:
         data = pickle.load(f, encoding="latin1")  # how detectron2 reads it
     assert data["__author__"] == "torchvision" and data["matching_heuristics"] is True
@@ -323,6 +324,16 @@ def test_convert_target_supervised_and_resnet18(r18, r18_ckpt, tmp_path, capsys)
     assert convert_detectron2.main([str(sup), str(tmp_path / "x.pth")]) == 2
     assert "must end in .pkl" in capsys.readouterr().err
     assert not (tmp_path / "x.pkl").exists() and not (tmp_path / "x.pth").exists()
+
+
+def test_convert_non_r50_warns_in_one_line_that_det_configs_are_r50(r18_ckpt, tmp_path):
+    """Issue 16: every det/ config builds a ResNet-50, so a ResNet-18 pickle gets one warning line."""
+    proc = run_cli("-m", "fastairl.convert_detectron2", str(r18_ckpt), str(tmp_path / "r18.pkl"))
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in proc.stderr.splitlines() if "det/ configs" in ln]
+    assert len(warn) == 1, proc.stderr
+    assert warn[0].startswith("fastairl: warning:") and "resnet18" in warn[0] and "ResNet-50" in warn[0], warn[0]
+    assert (tmp_path / "r18.pkl").is_file()  # a warning, not a refusal
 
 
 def test_convert_reports_unconverted_keys():
