@@ -14,7 +14,7 @@ for each value the user did not give as a flag:
 ``knn`` also takes ``k`` from the checkpoint's ``knn_k`` (the demo monitors with k=20 on its
 200 images per class), so it repeats the number the run reported. Each tool logs one line
 per value saying which of these it was. The arch of a checkpoint
-is still checked against its block structure by :func:`fastairl.knn.load_encoder`; the
+is still checked against its block structure by :func:`fastairl.encoders.load_encoder`; the
 config only tells the user where it came from (and the weights win if the two disagree).
 
 On the demo data ``linear_eval`` also runs ``fastairl.config.LINEAR_EVAL_DEMO_SCALE``
@@ -87,7 +87,7 @@ def image_size_source(flag: int | None, ckpt: str | None, data: str | None, tool
 
 def resolve_arch(flag: str, ckpt: str | None, data: str | None, random_init: bool, tool: str,
                  cfg: dict | None = None) -> str:
-    """The ``--arch`` value to hand to :func:`fastairl.knn.load_encoder`, after one log line.
+    """The ``--arch`` value to hand to :func:`fastairl.encoders.load_encoder`, after one log line.
 
     A checkpoint's arch is detected from its weights (``auto``) and checked against the
     config stored in it by :func:`report_arch`; only a random-init baseline on the demo data
@@ -164,8 +164,8 @@ def prepare_eval_args(args: argparse.Namespace, tool: str) -> dict | None:
 
 
 def load_eval_encoder(args: argparse.Namespace, cfg: dict | None, tool: str):
-    """:func:`fastairl.knn.load_encoder` with ``args``' backbone flags, then :func:`report_arch`."""
-    from fastairl.knn import load_encoder
+    """:func:`fastairl.encoders.load_encoder` with ``args``' backbone flags, then :func:`report_arch`."""
+    from fastairl.encoders import load_encoder
     enc, desc = load_encoder(args.ckpt, args.encoder, args.arch, args.random_init, args.seed)
     report_arch(desc, args.arch, cfg, tool)
     return enc, desc

@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from fastairl import distributed as fdist
-from fastairl.data import LOADERS
 from fastairl.data.augment import normalize_uint8
 from fastairl.eval_scale import load_eval_encoder, prepare_eval_args
-from fastairl.models.resnet import ARCHS, Encoder
+from fastairl.encoders import ENCODER_CHOICES, load_encoder, resolve_encoder_name  # noqa: F401 (re-exported)
+from fastairl.eval_flags import add_device_flags, add_encoder_flags, check_positive_flags  # noqa: F401 (re-exported)
+from fastairl.models.resnet import Encoder
 
 log = logging.getLogger("fastairl")
 
@@ -60,7 +61,6 @@ log = logging.getLogger("fastairl")
 SIM_BLOCK_ELEMENTS = 1 << 27
 
 #: Encoder names accepted by the CLIs (``auto``: online if present, else supervised, else target).
-ENCODER_CHOICES = ("auto", "online", "target", "supervised")
 
 _warned: set[str] = set()
 
@@ -310,106 +310,7 @@ def knn_eval_encoder(encoder: Encoder, data_root, image_size: int, batch_size: i
 
 
 # --------------------------------------------------------------------------- checkpoints
-def resolve_encoder_name(state: dict, encoder: str) -> str:
-    """``auto`` -> the concrete encoder ``extract_backbone`` will pick (for names, logs)."""
-    from fastairl.backbone_io import available_encoders
-    if encoder != "auto":
-        return encoder
-    have = available_encoders(state)
-    for cand in ("online", "supervised", "target"):
-        if cand in have:
-            return cand
-    return "online"
-
-
-def load_encoder(ckpt: str | None, encoder: str = "auto", arch: str = "auto", random_init: bool = False,
-                 seed: int = 0) -> tuple[Encoder, dict]:
-    """A backbone-only :class:`Encoder` (``fc`` = identity) and a description of it.
-
-    From a checkpoint: any layout :mod:`fastairl.backbone_io` reads (fastairl/reference
-    pre-training, supervised, bare state dicts), the chosen encoder, heads dropped. The
-    architecture is detected from the block structure (:func:`fastairl.backbone_io.detect_arch`)
-    unless ``arch`` names it, and a named arch that contradicts the weights is refused.
-    ``random_init=True`` builds an untrained ``arch`` (seeded) as a chance-level baseline.
-    Raises ``ValueError`` (one-line messages) for anything the user can fix.
-    """
-    from fastairl.backbone_io import detect_arch, extract_backbone, load_checkpoint, model_state
-    if encoder not in ENCODER_CHOICES:
-        raise ValueError(f"--encoder {encoder}: choose one of {', '.join(ENCODER_CHOICES)}")
-    if arch != "auto" and arch not in ARCHS:
-        raise ValueError(f"--arch {arch}: choose auto or one of {', '.join(ARCHS)}")
-    if random_init:
-        if ckpt:
-            raise ValueError("--random-init and --ckpt exclude each other (the baseline has no checkpoint)")
-        if arch == "auto":
-            raise ValueError("--random-init needs an explicit --arch (e.g. --arch resnet18)")
-        torch.manual_seed(seed)
-        enc = Encoder(arch)
-        return enc, {"ckpt": None, "encoder": "random", "arch": arch}
-    if not ckpt:
-        raise ValueError("--ckpt is required (or --random-init --arch NAME for a random baseline)")
-    state = model_state(load_checkpoint(ckpt))
-    backbone = extract_backbone(state, encoder)
-    name = resolve_encoder_name(state, encoder)
-    found = detect_arch(backbone)
-    if found not in ARCHS:
-        raise ValueError(f"{ckpt}: the {name} backbone is a {found}, which fastairl does not build "
-                         f"(supported: {', '.join(ARCHS)})")
-    if arch != "auto" and arch != found:
-        raise ValueError(f"--arch {arch}: the {name} encoder of {ckpt} is a {found} (by its block "
-                         f"structure); drop --arch or pass --arch {found}")
-    enc = Encoder(found)
-    expected = enc.state_dict()
-    missing = [k for k in expected if k not in backbone and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in backbone if k not in expected]
-    bad = [k for k in expected if k in backbone and tuple(backbone[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or bad:
-        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                else f"{bad[0]} has shape {tuple(backbone[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
-        raise ValueError(f"{ckpt}: the {name} backbone does not fit a torchvision {found} ({what})")
-    enc.load_state_dict(backbone, strict=False)
-    return enc, {"ckpt": str(ckpt), "encoder": name, "arch": found}
-
-
 # --------------------------------------------------------------------------- CLI
-# The evaluation tools (this one, fastairl.linear_eval) take the same backbone and device
-# flags, read by the same functions (load_encoder, engine.resolve_device/resolve_amp), so
-# they are declared and checked here once.
-
-def add_encoder_flags(p: argparse.ArgumentParser, encoder_help: str) -> None:
-    """``--ckpt --data --encoder --arch --random-init``: which backbone, on which data (see :func:`load_encoder`)."""
-    p.add_argument("--ckpt", help="pre-training / supervised checkpoint (fastairl or reference layout)")
-    p.add_argument("--data", default="demo", help="ImageNet-style folder (train/, val/), folder with .beton files, or 'demo'")
-    p.add_argument("--encoder", default="auto", choices=ENCODER_CHOICES, help=encoder_help)
-    p.add_argument("--arch", default="auto", choices=("auto",) + tuple(ARCHS),
-                   help="backbone architecture (auto: detected from the checkpoint's block structure)")
-    p.add_argument("--random-init", action="store_true", help="evaluate an untrained --arch as a baseline")
-
-
-def add_device_flags(p: argparse.ArgumentParser, amp_what: str, workers: int) -> None:
-    """``--device --amp --channels-last/--no-channels-last --loader --workers``; ``amp_what`` says what autocasts."""
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help=f"autocast for {amp_what} (default: bf16 on GPUs that support it, off on CPU)")
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
-    p.add_argument("--workers", type=int, default=workers, help="loader worker processes per process")
-
-
-def check_positive_flags(flags: Iterable[tuple[str, float]], image_size: int) -> None:
-    """Raise ``UserError`` for the first ``(flag, value)`` that is not > 0, then for an ``--image-size`` under 32.
-
-    32 px is the least a ResNet's five stride-2 stages reduce to a 1x1 feature map.
-    """
-    from fastairl.runtime.errors import UserError
-    for flag, v in flags:
-        if v <= 0:
-            raise UserError(f"{flag} {v}: must be > 0")
-    if image_size < 32:
-        raise UserError(f"--image-size {image_size}: too small for a ResNet (use >= 32)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from fastairl.cli_util import ArgumentParser
     p = ArgumentParser(prog="python -m fastairl.knn",
