@@ -6,13 +6,21 @@ prefix; a crash or a full disk leaves no half file), and they must all get the f
 mode a plain ``open(..., "w")`` gives, the one training outputs have (0644 under the
 usual umask 022). ``tempfile.mkstemp`` creates 0600 files; a writer that forgets to
 widen the mode leaves outputs that a colleague or a shared cluster job cannot read.
+
+Users: ``checkpoint.atomic_torch_save``, ``backbone_io`` (export, detectron2, NormRescale),
+``preview`` (grid, dump), ``data/ffcv_writer`` (``.beton`` via :func:`atomic_path`,
+``classes.json``, ``skipped.txt``) and ``logging_utils`` (``log.jsonl`` cut on resume).
+Plain appends and one-shot JSON notes (``config.json``, bench reports) are written with
+``open``, which already gives the usual mode. ``data/demo.py``'s ``build_atomically``
+publishes whole folders (the dataset caches), a different job it keeps.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 #: Where a tool writes a bare file name (no folder part) unless told otherwise; git-ignored.
 OUTPUTS = Path("outputs")
@@ -84,6 +92,31 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> Path:
+    """:func:`atomic_write` of UTF-8 ``text`` (small manifests, lists, logs cut short)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """For a writer that wants a file *name* (ffcv's DatasetWriter): yields a temp path in
+    ``path``'s folder to write; on a clean exit it is fsynced, given the usual file mode and
+    renamed over ``path``; on any failure (Ctrl-C included) it is removed."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp created it 0600; a writer that reopens it keeps that mode
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def default_output_path(value: str | os.PathLike[str], outputs: Path = OUTPUTS) -> Path:
