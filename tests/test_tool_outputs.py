@@ -149,17 +149,3 @@ def test_packed_files_and_a_cut_log_get_the_usual_mode(small_data, tmp_path):  #
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n' and _mode(log) == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
-
-def test_a_failed_pack_leaves_no_temp_file(small_data, tmp_path, monkeypatch):  # noqa: F811
-    pytest.importorskip("ffcv", reason="ffcv 1.0.2 (make venv) is needed to pack")
-    import ffcv.writer
-
-    from fastairl.data import ffcv_writer
-
-    def broken(self, *a, **k):
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(ffcv.writer.DatasetWriter, "from_indexed_dataset", broken)
-    with pytest.raises(OSError, match="No space"):
-        ffcv_writer.write_ffcv(small_data, tmp_path / "packed", workers=1, progress=False, splits=("train",))
-    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["classes.json"]
