@@ -1150,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
         res = collect(opts)
         if dump is not None:
             if (size := tensor_bytes(res.as_dump())) > DUMP_NOTE_BYTES:
-                log.warning("dump: writing %.0f MB to %s", size / 1e6, dump)
+                log.warning("dump: writing %.1f MB to %s", size / 1e6, dump)
             save_dump(res, dump)
             log.info("dump: %s (%d pairs, %d views each)", dump, res.num_pairs, len(res.views))
         if out is not None:
