@@ -79,7 +79,7 @@ BACKENDS = ("folder", "ffcv", "dali", "nvjpeg")
 REFERENCE_WORKERS = 6
 #: ``--data`` packed automatically only up to this many training images (``--max-pack``).
 DEFAULT_MAX_PACK = 50_000
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path("outputs") / "bench"  # default --out: git-ignored, out of the source tree
 AMP_CHOICES = ("bf16", "fp16", "off")
 LAYOUTS = ("channels_last", "nchw")
 STATUSES = ("ok", "skipped", "failed")
@@ -1211,7 +1211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="also run the training rows in N processes under torchrun")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an experiment field for every row, e.g. --set queue_size=4096")
-    p.add_argument("--out", default=str(RESULTS_DIR), help="output folder (default bench/results)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="output folder (default outputs/bench)")
     p.add_argument("--name", help="output file name without suffix (default <host>-<date>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files of the same name")
     p.add_argument("--verbose", action="store_true", help="show fastairl's own INFO logs and tracebacks")

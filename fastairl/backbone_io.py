@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -309,45 +308,12 @@ def detect_arch(backbone: Mapping[str, torch.Tensor]) -> str:
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], overwrite: bool) -> Path:
-    """Write through a temp file in the target directory, then move it into place.
-
-    Same directory, so the final rename is atomic on POSIX: readers see the old file
-    or the complete new one, never a prefix. Without ``overwrite`` the file is
-    published with a hard link, which fails if the name appeared meanwhile, so even
-    a concurrent writer cannot be clobbered.
-    """
-    p = Path(path)
-    if not overwrite and (p.exists() or p.is_symlink()):
-        raise FileExistsError(f"refusing to overwrite existing {p}: pass --overwrite (overwrite=True) to replace it")
-    if p.exists() and p.is_dir():
-        raise IsADirectoryError(f"output path {p} is a directory; give a file name")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)
-            except FileExistsError:
-                raise FileExistsError(
-                    f"refusing to overwrite existing {p}: pass --overwrite (overwrite=True) to replace it"
-                ) from None
-            except OSError:
-                # Filesystems without hard links: the existence check above is the guard.
-                if p.exists():
-                    raise FileExistsError(
-                        f"refusing to overwrite existing {p}: pass --overwrite (overwrite=True) to replace it"
-                    ) from None
-                os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    """Write through a temp file in the target directory, then move it into place
+    (:func:`fastairl.atomic_io.atomic_write`: never a prefix, the usual file mode, and
+    without ``overwrite`` published by a hard link so not even a concurrent writer is
+    clobbered)."""
+    from .atomic_io import atomic_write
+    return atomic_write(path, write, overwrite=overwrite)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str], overwrite: bool = False) -> Path:

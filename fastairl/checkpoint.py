@@ -10,7 +10,6 @@ so our files load there and theirs load here.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,27 +29,15 @@ def atomic_torch_save(obj, path: Path, verify: bool = False) -> None:
     """Write to a temp file in the same folder, fsync, verify, then rename over ``path``: a
     crash or a full disk mid-write leaves the previous file intact. ``verify`` re-opens the
     temp file (memory-mapped, so cheap) and checks its size and top-level keys."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            except RuntimeError as e:  # torch's zip writer reports a failed write (disk full) this way
-                raise OSError(f"write failed: {str(e).splitlines()[0]}") from None
-        if verify:
-            _verify(tmp, obj)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .atomic_io import atomic_write
+
+    def write(f) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (disk full) this way
+            raise OSError(f"write failed: {str(e).splitlines()[0]}") from None
+
+    atomic_write(path, write, verify=(lambda tmp: _verify(tmp, obj)) if verify else None)
 
 
 def _verify(tmp: str, obj) -> None:

@@ -44,9 +44,8 @@ def drop_after_step(path: Path, step: int) -> int:
             cut = i
             break
     if cut < len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(lines[:cut]))
-        tmp.replace(path)
+        from fastairl.atomic_io import atomic_write_text
+        atomic_write_text(path, "".join(lines[:cut]))
     return len(lines) - cut
 
 

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from fastairl.atomic_io import DUMP_NOTE_BYTES, atomic_write, default_output_path, tensor_bytes
 from fastairl.data.augment import PARAM_KEYS, GPUAugment, to_grayscale
 from fastairl.data.demo_packed import ensure_demo_packed
 from fastairl.data.recipes import MEAN, STD, ViewRecipe, get_recipe
@@ -1051,23 +1052,12 @@ def format_stats(stats: list[dict], meta: Mapping) -> str:
 # Dump I/O
 # --------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling and rename, so a crash never leaves a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_dump(res: PreviewResult, path: str | os.PathLike) -> Path:
     """``torch.save`` the dump layout (see the module docstring) to ``path``, atomically."""
     if not res.views or res.views[0].shape[0] != res.num_pairs:
         raise ValueError("this result kept only the grid's rows; collect with keep_views=True to dump it")
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(res.as_dump(), tmp))
+    atomic_write(path, lambda f: torch.save(res.as_dump(), f))  # the mode of training outputs
     return path
 
 
@@ -1109,11 +1099,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="a fastairl run's checkpoint: its stored config gives recipe, seed and size")
     p.add_argument("--image-size", type=int, help="view size (default: --ckpt's, demo 64, else the experiment's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--out", help="write the PNG grid here (.png)")
+    p.add_argument("--out", help="write the PNG grid here (.png; a bare name goes under outputs/)")
     p.add_argument("--rows", type=int, help="pairs shown in the grid (default: all pairs, at most 16)")
     p.add_argument("--cell", type=int, help="grid cell size in pixels (default: the view size times the "
                                             "smallest integer reaching 224)")
-    p.add_argument("--dump", help="torch.save the views, parameters, labels and indices here")
+    p.add_argument("--dump", help="torch.save the views, parameters, labels and indices here (a bare name goes "
+                                            "under outputs/; its size is said first when over 100 MB)")
     p.add_argument("--stats", action="store_true", help="print per-op shares next to the recipe, brightness "
                                                        "and saturation")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out/--dump files")
@@ -1123,7 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_output(flag: str, value: str | None, suffix: str | None, overwrite: bool) -> Path | None:
     if value is None:
         return None
-    path = Path(value).expanduser()
+    path = default_output_path(value)  # a bare name goes under outputs/
     if suffix is not None and path.suffix.lower() != suffix:
         raise PreviewError(f"{flag} {value}: expected a file name ending in {suffix}")
     if path.is_dir():
@@ -1162,11 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
                               keep_views=dump is not None, rows=rows if out is not None else 1)
         res = collect(opts)
         if dump is not None:
+            if (size := tensor_bytes(res.as_dump())) > DUMP_NOTE_BYTES:
+                log.warning("dump: writing %.1f MB to %s", size / 1e6, dump)
             save_dump(res, dump)
             log.info("dump: %s (%d pairs, %d views each)", dump, res.num_pairs, len(res.views))
         if out is not None:
             img = render_grid(res, rows=rows, cell=args.cell)
-            _atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
+            atomic_write(out, lambda f: img.save(f, format="PNG"))
             log.info("grid: %s (%d rows, %dx%d px)", out, rows, img.width, img.height)
         if args.stats:
             print(format_stats(compute_stats(res.as_dump()), res.meta))

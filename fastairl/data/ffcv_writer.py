@@ -37,6 +37,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from fastairl.atomic_io import atomic_path, atomic_write_text
+
 #: File extensions torchvision's ImageFolder accepts (case-insensitive).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: ffcv stores image sizes as uint16.
@@ -147,12 +149,6 @@ def _named_ffcv_progress(desc: str, progress: bool) -> Iterator[None]:
         ffcv.writer.tqdm = original
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_skipped(path: Path) -> list[str]:
     if not path.is_file():
         return []
@@ -246,7 +242,7 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
     out.mkdir(parents=True, exist_ok=True)
     # Written first: it follows from the folder scan alone, and a run that stops after
     # its first split still leaves that split usable.
-    _write_atomic_text(cpath, json.dumps({"classes": classes, "max_side": max_side, "quality": quality},
+    atomic_write_text(cpath, json.dumps({"classes": classes, "max_side": max_side, "quality": quality},
                                          indent=1) + "\n")
     skipped_path = out / SKIPPED_NAME
     skipped_lines = [ln for ln in _read_skipped(skipped_path) if ln.split("\t", 1)[0] not in splits]
@@ -279,7 +275,6 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
             ok = [ok[i] for i in perm]
 
         final = out / f"{s}.beton"
-        tmp = out / f".{s}.beton.tmp-{os.getpid()}"
         fail_log = out / f".{s}.failures.tmp-{os.getpid()}"
         fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_side or None, jpeg_quality=quality),
                   "label": IntField()}
@@ -287,16 +282,13 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
             # Small page size for small sets: each writer process fills its own pages, so
             # big pages would pad a small file with megabytes of nothing.
             page = (1 << 21) if len(ok) < 20000 else (1 << 23)
-            writer = DatasetWriter(str(tmp), fields, page_size=page, num_workers=min(workers, len(ok)))
-            with _named_ffcv_progress(f"write {s}.beton", progress):
-                writer.from_indexed_dataset(_PackDataset(ok, max_side, fail_log),
-                                            chunksize=max(1, min(100, len(ok) // (4 * workers) or 1)))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            with atomic_path(final) as tmp:  # fsync, the usual file mode, then the rename
+                writer = DatasetWriter(str(tmp), fields, page_size=page, num_workers=min(workers, len(ok)))
+                with _named_ffcv_progress(f"write {s}.beton", progress):
+                    writer.from_indexed_dataset(_PackDataset(ok, max_side, fail_log),
+                                                chunksize=max(1, min(100, len(ok) // (4 * workers) or 1)))
             late = fail_log.read_text().splitlines() if fail_log.exists() else []
         finally:
-            tmp.unlink(missing_ok=True)
             fail_log.unlink(missing_ok=True)
 
         skipped_lines += [f"{s}\t{p}\t{r}" for p, r in bad] + [f"{s}\t{ln}" for ln in late]
@@ -317,7 +309,7 @@ def write_ffcv(data: Path | str, out: Path | str, max_side: int = 512, quality: 
 
 
 def _write_skipped(path: Path, lines: list[str]) -> None:
-    _write_atomic_text(path, "# split\tpath\treason\n" + "".join(ln + "\n" for ln in lines))
+    atomic_write_text(path, "# split\tpath\treason\n" + "".join(ln + "\n" for ln in lines))
 
 
 def format_summary(summary: dict) -> str:

@@ -117,6 +117,9 @@ class BadDataError(RuntimeError):
     """Too many unreadable images: the data needs fixing before training on."""
 
 
+MAX_TRIES = 64  # consecutive unreadable images a sample may skip before the folder counts as broken
+
+
 def _sample_seed(seed: int, epoch: int, index: int, attempt: int) -> int:
     # splitmix-style mixing: distinct, well-spread seeds for every (seed, epoch, index, try)
     x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + attempt) % 2**64
@@ -148,9 +151,14 @@ class SeededSamples(Dataset):
                 random.setstate(state)
 
     def _get(self, index: int):
+        """``(views, label, bad, first, failed)``: ``bad`` unreadable images were skipped,
+        ``first``..``first + bad - 1`` (mod n), before a readable one. When every try fails
+        the sample comes back ``failed`` with blank views of the right shape, and the main
+        process raises: an exception raised here would reach the user from a DataLoader
+        worker wrapped in torch's traceback, not as the one line ``workers=0`` gives."""
         n = len(self.base)
-        bad, first_bad = 0, -1
-        for attempt in range(64):
+        tries = min(MAX_TRIES, n)
+        for attempt in range(tries):
             j = (index + attempt) % n
             path, label = self.base.samples[j]
             s = _sample_seed(self.seed, self.epoch, j, attempt)
@@ -159,12 +167,12 @@ class SeededSamples(Dataset):
             try:
                 img = self.base.loader(path)
                 views = self.base.transform(img) if self.base.transform is not None else img
-                return views, label, bad, first_bad
+                return views, label, attempt, index, False
             except (OSError, ValueError, SyntaxError):  # PIL: unreadable, truncated, foreign file
-                bad += 1
-                first_bad = j if first_bad < 0 else first_bad
-        raise BadDataError(f"64 consecutive unreadable images from {self.base.samples[index][0]} on; "
-                           f"check the dataset folder")
+                continue
+        blank = Image.new("RGB", (64, 64))
+        views = self.base.transform(blank) if self.base.transform is not None else blank
+        return views, -1, tries, index, True
 
 
 class FolderLoader:
@@ -214,18 +222,35 @@ class FolderLoader:
 
     def __iter__(self):
         nb = self.device.type == "cuda"
-        for views, labels, bad, first_bad in self.loader:
+        for views, labels, bad, first, failed in self.loader:
             if bool(bad.any()):
-                self._note_bad(first_bad[bad > 0].tolist())
+                hit = bad > 0
+                self._note_bad(list(zip(first[hit].tolist(), bad[hit].tolist())), bool(failed.any()))
             yield [v.to(self.device, non_blocking=nb) for v in views], labels.to(self.device, non_blocking=nb)
 
-    def _note_bad(self, indices: list[int]) -> None:
-        for j in indices:
-            if j not in self.bad_indices:
-                self.bad_indices.add(j)
-                log.warning("unreadable image #%d skipped and replaced: %s", j, self.image_folder.samples[j][0])
-        limit = self.max_bad_share * len(self.dataset)
-        if len(self.bad_indices) > limit:
-            raise BadDataError(f"{len(self.bad_indices)} unreadable images in {Path(self.spec.root) / self.spec.split} "
-                               f"(more than {self.max_bad_share:.2%} of {len(self.dataset)}); fix or remove them, or "
-                               f"raise --set max_bad_share=...")
+    def _note_bad(self, runs: list[tuple[int, int]], failed: bool = False) -> None:
+        """Record the skipped images (``runs``: first index, count) and stop the run, naming
+        them, once they are more than ``max_bad_share`` of the split or a sample found no
+        readable image at all. Runs in the main process, so every worker count gives the
+        same line for the same data."""
+        n = len(self.dataset)
+        for first, count in runs:
+            for k in range(count):
+                j = (first + k) % n
+                if j not in self.bad_indices:
+                    self.bad_indices.add(j)
+                    log.warning("unreadable image #%d skipped and replaced: %s", j, self.image_folder.samples[j][0])
+        if failed or len(self.bad_indices) > self.max_bad_share * n:
+            raise BadDataError(self.bad_data_message(failed))
+
+    def bad_data_message(self, failed: bool = False) -> str:
+        n, k = len(self.dataset), len(self.bad_indices)
+        paths = [self.image_folder.samples[j][0] for j in sorted(self.bad_indices)]
+        names = ", ".join(paths[:3]) + (f" and {k - 3} more (listed above)" if k > 3 else "")
+        where = Path(self.spec.root) / self.spec.split
+        if failed:
+            why = f"{min(MAX_TRIES, n)} in a row could not be read, the folder looks damaged"
+        else:
+            why = f"more than --set max_bad_share={self.max_bad_share:g}"
+        return (f"{k} unreadable images in {where} ({k / n:.2%} of {n}; {why}): {names}; fix or remove them"
+                + ("" if failed else ", or raise --set max_bad_share=..."))
