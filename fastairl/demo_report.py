@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 #: Train-record keys drawn per epoch, in panel order, with their axis titles.
@@ -51,13 +49,9 @@ def per_epoch(records: list[dict]) -> list[dict]:
 
 
 def write_json_atomic(obj: dict, path: Path) -> Path:
-    """``obj`` as indented JSON at ``path``, through a temporary sibling (mode as the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    """``obj`` as indented JSON at ``path``, through the one atomic writer."""
+    from .atomic_io import atomic_write_text
+    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def draw_summary(result: dict, path: Path) -> Path:
@@ -90,25 +84,12 @@ def draw_summary(result: dict, path: Path) -> Path:
     fig.suptitle(f"fastairl demo: {result['exp']}, seed {result['seed']}: pre-trained "
                  f"{result['pretrained']['acc1']:.2f} vs random init {result['random_init']['acc1']:.2f}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    from .atomic_io import atomic_write
     try:
-        fig.savefig(tmp, dpi=100)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = ["read_log", "per_epoch", "write_json_atomic", "draw_summary"]
