@@ -15,6 +15,8 @@ import math
 import numba as nb
 import numpy as np
 
+from fastairl.data.crop import eval_window
+
 __all__ = ["eval_box", "resize_box", "resized_crop"]
 
 #: Fixed-point precision of the vertical-pass weights (they sum to 2**_WB_V).
@@ -157,22 +159,20 @@ def resize_box(src: np.ndarray, y0: float, x0: float, bh: float, bw: float,
             out[ox, 2] = np.uint8(((v >> (2 * _LANE)) & lane_mask) >> _WB_H)
 
 
+#: :func:`fastairl.data.crop.eval_window` compiled for the decoder's numba loop.
+_eval_window = nb.njit(cache=True, nogil=True)(eval_window)
+
+
 @nb.njit(cache=True, nogil=True)
 def eval_box(height: int, width: int, size: int, resize: int) -> tuple[float, float, float, float]:
     """The eval window ``(y0, x0, bh, bw)`` in source pixels.
 
     It is the region that ``Resize(resize)`` (short side, long side truncated as
-    torchvision does) followed by ``CenterCrop(size)`` keeps; resizing it to
-    ``size x size`` with taps clamped to the whole image gives the same pixels.
+    torchvision does) followed by ``CenterCrop(size)`` keeps
+    (:func:`fastairl.data.crop.eval_window`); resizing it to ``size x size`` with taps
+    clamped to the whole image gives the same pixels.
     """
-    if height <= width:
-        rh = resize
-        rw = int(resize * width / height)
-    else:
-        rw = resize
-        rh = int(resize * height / width)
-    top = int(np.rint((rh - size) / 2.0))
-    left = int(np.rint((rw - size) / 2.0))
+    rh, rw, top, left = _eval_window(height, width, size, resize)
     sy = height / rh
     sx = width / rw
     return top * sy, left * sx, size * sy, size * sx

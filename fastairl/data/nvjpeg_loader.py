@@ -52,7 +52,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .base import LoaderSpec
 from .beton import JPEG_MODE
-from .crop import crop_resize
+from .crop import crop_resize, eval_window
 from .jpeg_bytes import DecodeError, JpegHeader, decode_on_cpu, jpeg_header  # noqa: F401 (re-exported)
 from .jpeg_source import BetonSamples, FolderSamples, JpegLoaderBase
 from .recipes import eval_resize_size
@@ -66,6 +66,13 @@ DEFAULT_PREFETCH = 3
 
 _warned_cpu = False
 _warned_gpu_fallback = False
+
+
+def _eval_view(im: torch.Tensor, size: int) -> torch.Tensor:
+    """The eval view of one decoded ``(3, H, W)`` image: :func:`~fastairl.data.crop.eval_window`
+    with ``Resize(eval_resize_size(size))``, resized by torchvision (antialiased), then sliced."""
+    rh, rw, top, left = eval_window(im.shape[-2], im.shape[-1], size, eval_resize_size(size))
+    return TF.resize(im, [rh, rw], antialias=True)[..., top:top + size, left:left + size]
 
 
 # --------------------------------------------------------------------------------------
@@ -345,15 +352,10 @@ class NvJpegLoader(JpegLoaderBase):
         return out
 
     def _eval_views(self, imgs: list[torch.Tensor], size: int) -> torch.Tensor:
-        """Resize the short side to eval_resize_size(size), centre-crop size x size (torchvision ops)."""
-        short = eval_resize_size(size)
-
-        def one(im: torch.Tensor) -> torch.Tensor:
-            return TF.center_crop(TF.resize(im, [short], antialias=True), [size, size])
-
+        """The eval view of every image (:func:`_eval_view`: torchvision's Resize + CenterCrop window)."""
         if self.device.type == "cpu" and self.threads > 1 and len(imgs) > 1:
-            return torch.stack(list(self._pool.map(one, imgs)))
-        return torch.stack([one(im) for im in imgs])
+            return torch.stack(list(self._pool.map(lambda im: _eval_view(im, size), imgs)))
+        return torch.stack([_eval_view(im, size) for im in imgs])
 
     # ------------------------------------------------------------------ consumer side
     def _hand_over(self, item: _Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
