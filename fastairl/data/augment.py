@@ -29,6 +29,11 @@ blends of the jitter need no row selection at all: every blend is
 an exact identity, so each of the four jitter positions is one fused pass over the batch.
 The pixel kernels are free functions of tensors only (no ``.item()``), so they can be
 ``torch.compile``-d; the row bookkeeping stays in eager Python.
+
+Where the pieces live (split for issue #15, every name still importable from here): the
+per-op kernels in :mod:`fastairl.data.augment_ops`, the row plan in
+:mod:`fastairl.data.augment_plan`; this module keeps the parameter draw and the batched
+entry point.
 """
 from __future__ import annotations
 
@@ -37,15 +42,13 @@ from typing import Optional, Sequence
 
 import torch
 
+from fastairl.data.augment_ops import (_LUMA, _blend_pass, _blur_shifted, _gaussian_taps,  # noqa: F401 (re-exported)
+                                       _gray3, _is_max, _solarize, gaussian_blur, shift_hue, to_grayscale)
+from fastairl.data.augment_plan import (BRIGHTNESS, CONTRAST, HUE, SATURATION,  # noqa: F401 (re-exported)
+                                        _MAX_RUNS, _on_rows, _Plan, _select)
 from fastairl.data.recipes import MEAN, STD, ViewRecipe
 
 __all__ = ["GPUAugment", "gaussian_blur", "shift_hue", "to_grayscale", "PARAM_KEYS"]
-
-#: ITU-R 601-2 luma weights, as torchvision's tensor ``rgb_to_grayscale`` uses them.
-_LUMA = (0.2989, 0.587, 0.114)
-
-#: Jitter op indices inside ``params["order"]`` (torchvision ColorJitter's numbering).
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 #: The keys of a parameter dict from :meth:`GPUAugment.sample_params`.
 PARAM_KEYS = ("jitter", "brightness", "contrast", "saturation", "hue", "order",
@@ -56,234 +59,10 @@ PARAM_KEYS = ("jitter", "brightness", "contrast", "saturation", "hue", "order",
 #: a tenth of how far PIL's box-blur approximation itself is from a Gaussian.
 BLUR_TRUNCATE = 3.0
 
-#: Pixels per chunk when augmenting on the CPU (see :meth:`GPUAugment.apply`). Measured on
-#: 2 cores (moco_plus): at 224 px, chunks of 1 to 4 images run 1.3-1.6x faster than one
-#: pass over a 16- or 32-image batch, whose temporaries no longer fit the caches; at 64 px
-#: chunks under about 100k pixels lose more to per-op overhead than they gain. Three
-#: 224 px images (36 at 64 px) sits in the flat part of both curves.
+#: Pixels per chunk when augmenting on the CPU (see :meth:`GPUAugment.apply`): small
+#: enough that a chunk's temporaries stay in the caches, large enough that per-op
+#: overhead does not dominate (the measurement is in ``docs/data-backends.md``).
 CPU_CHUNK_PIXELS = 3 * 224 * 224
-
-
-def to_grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma ``(N, 1, H, W)`` of float RGB ``(N, 3, H, W)`` with torchvision's weights."""
-    return x[:, 0:1] * _LUMA[0] + x[:, 1:2] * _LUMA[1] + x[:, 2:3] * _LUMA[2]
-
-
-def _blend_pass(x: torch.Tensor, a: torch.Tensor, cg: torch.Tensor, cm: torch.Tensor,
-                need_gray: bool) -> torch.Tensor:
-    """One jitter position for every row, in place: ``clamp(a x + cg gray(x) + cm mean(gray(x)))``.
-
-    Brightness is ``(f, 0, 0)``, contrast ``(f, 0, 1-f)``, saturation ``(f, 1-f, 0)`` and
-    rows doing nothing here ``(1, 0, 0)``, which leaves ``x`` bit for bit.
-    ``a, cg, cm`` are ``(N, 1, 1, 1)``; ``x`` is float and overwritten.
-    """
-    if not need_gray:
-        return x.mul_(a).clamp_(0.0, 1.0)
-    g = to_grayscale(x)
-    bias = torch.addcmul(g.mean(dim=(-3, -2, -1), keepdim=True).mul_(cm), g, cg)
-    return torch.addcmul(bias, x, a, out=x).clamp_(0.0, 1.0)
-
-
-def _is_max(c: torch.Tensor, maxc: torch.Tensor) -> torch.Tensor:
-    """1.0 where channel ``c`` holds the maximum, else 0.0 (``c - max`` is 0 or negative)."""
-    return torch.sub(c, maxc).sign_().add_(1.0)
-
-
-def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of float RGB ``(N, 3, H, W)`` in ``[0, 1]`` by ``shift`` turns ``(N,)``.
-
-    RGB -> HSV follows torchvision (and PIL): the channel holding the maximum picks the
-    hue sector, red before green before blue on ties; grey pixels keep hue 0 and
-    saturation 0. Writing ``6H = 2 i + (next - prev) / (max - min)`` for the maximum
-    channel ``i`` and its cyclic neighbours, the way back is the closed form
-    ``c_n = V - V S clamp(min(k, 4-k), 0, 1)`` with ``k = (n + 6H) mod 6`` and
-    ``n = 5, 3, 1`` for R, G, B: the same piecewise map as the six-sector table, without
-    a gather, and periodic in ``6H``, so the shift is added to ``6H`` unwrapped and one
-    ``mod 6`` does the wrapping. ``V S`` is ``max - min`` exactly.
-
-    The sector choice is arithmetic on 0/1 float masks, not ``torch.where``: on the CPU
-    a boolean select costs about 20 float passes, and the hue shift is the most
-    expensive op of the recipes there, so it is written as few cheap passes as possible.
-    """
-    r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    delta = maxc - minc
-    rm = _is_max(r, maxc)                       # red is the maximum
-    gm = _is_max(g, maxc).mul_(1.0 - rm)        # green is, red is not
-    # With bm = 1 - rm - gm (blue): numerator rm (g-b) + gm (b-r) + bm (r-g), and since
-    # r-g = -(g-b) - (b-r) that is (rm - bm)(g-b) + (gm - bm)(b-r); offset 2 gm + 4 bm.
-    gb, br = g - b, b - r
-    num = torch.mul(rm.mul(2.0).add_(gm).sub_(1.0), gb).addcmul_(gm.mul(2.0).add_(rm).sub_(1.0), br)
-    # A grey pixel has a zero numerator; the tiny floor keeps 0/0 out.
-    h6 = num.div_(delta.clamp(min=1e-30))
-    h6.add_(rm.mul_(-4.0).add_(gm, alpha=-2.0).add_(4.0)).add_(shift.to(x.dtype).view(-1, 1, 1) * 6.0)
-    n = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # 5, 3, 1
-    k = h6.unsqueeze(1) + n
-    k.add_(torch.mul(k, 1.0 / 6.0).floor_(), alpha=-6.0)   # mod 6 (w is 0 at both ends)
-    w = torch.minimum(k, torch.sub(4.0, k)).clamp_(0.0, 1.0)
-    return torch.addcmul(maxc.unsqueeze(1), delta.unsqueeze(1), w, value=-1.0)
-
-
-def _gaussian_taps(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels ``(N, 2 radius + 1)``, one per sigma ``(N,)``."""
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=sigma.device)
-    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1).float()) ** 2)
-    return k / k.sum(dim=1, keepdim=True)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """True Gaussian blur of float ``(N, C, H, W)`` with a per-image ``sigma`` ``(N,)``.
-
-    This is a sampled, normalised Gaussian of standard deviation ``sigma`` truncated at
-    ``radius`` pixels, applied separably (a horizontal then a vertical depthwise
-    convolution with one kernel per image): ``2 (2r + 1)`` taps per pixel instead of
-    ``(2r + 1)^2``. Borders replicate the edge pixel. Each direction is ``2r + 1``
-    multiply-adds of shifted views rather than a grouped convolution: on the CPU that is
-    about twice as fast and stays fast on the small cache-sized chunks the CPU path works
-    in; on CUDA it is exact float32 (a convolution may run in TF32) and its cost does not
-    depend on how many rows are blurred (a grouped convolution over the chosen rows
-    changes shape every step, and cuDNN's autotuner would re-tune for each new count).
-    ``tests/test_augment.py`` checks it against a grouped convolution.
-
-    Why not exactly the reference: the reference calls PIL's ``GaussianBlur(radius=sigma)``,
-    which approximates a Gaussian of that standard deviation with three box blurs on
-    uint8 pixels. Measured on the test photographs (scikit-image's astronaut, cat,
-    coffee, rocket) over sigma in {0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2}: mean absolute
-    difference from PIL at most 0.69/255 at 64 px and 0.59/255 at 224 px (largest near
-    sigma 0.7; both are the identity at sigma 0.1); single pixels on sharp edges differ
-    by up to about 20 levels, PIL's box shape rather than ours; ``tests/test_augment.py``
-    asserts the 64 px bound. Why replicate rather than reflect padding (torchvision's
-    ``gaussian_blur`` reflects): PIL extends the edge pixel, and so do we, which is
-    measurably closer to PIL near borders (0.55 vs 0.71/255 at sigma 2, 64 px); it also
-    works for images smaller than the window.
-    """
-    n, c, h, w = x.shape
-    if n == 0:
-        return x
-    taps = _gaussian_taps(sigma.to(x.device), radius)  # (N, K)
-    return _blur_shifted(_blur_shifted(x, taps, radius, -1), taps, radius, -2)
-
-
-def _blur_shifted(x: torch.Tensor, taps: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """One direction of the separable blur as multiply-adds of shifted views, edge replicated.
-
-    ``taps`` is ``(N, 2 radius + 1)`` and symmetric; ``dim`` is -1 (rows) or -2 (columns).
-    """
-    n, size = x.shape[0], x.shape[dim]
-    edge_shape = list(x.shape)
-    edge_shape[dim] = radius
-    first = x.narrow(dim, 0, 1).expand(edge_shape)
-    last = x.narrow(dim, size - 1, 1).expand(edge_shape)
-    xp = torch.cat([first, x, last], dim)
-    w = taps.view(n, 1, 1, 1, -1)
-    y = xp.narrow(dim, radius, size) * w[..., radius]
-    for k in range(1, radius + 1):
-        wk = w[..., radius + k]
-        y.addcmul_(xp.narrow(dim, radius - k, size), wk).addcmul_(xp.narrow(dim, radius + k, size), wk)
-    return y
-
-
-def _gray3(x: torch.Tensor) -> torch.Tensor:
-    """Grayscale replicated to three channels (a real copy: later ops write in place)."""
-    return to_grayscale(x).expand_as(x).contiguous()
-
-
-def _solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    return torch.where(x >= threshold, 1.0 - x, x)
-
-
-#: At most this many runs of consecutive rows are processed as slices (views, no gather).
-_MAX_RUNS = 2
-
-
-def _select(flags: list[bool], start: int, stop: int, device: torch.device):
-    """Rows ``start:stop`` whose flag is set, local to that range.
-
-    ``None``: no rows; an empty tensor: every row; a list of ``(a, b)`` pairs: that many
-    runs of consecutive rows (at most :data:`_MAX_RUNS`, the usual case for the CPU's
-    small chunks: slices are views, no gather or scatter); else an index tensor on
-    ``device``. The flags are host-side Python booleans, so choosing rows never waits for
-    the device.
-    """
-    local = [i - start for i in range(start, stop) if flags[i]]
-    if not local:
-        return None
-    if len(local) == stop - start:
-        return torch.empty(0, dtype=torch.long)
-    runs: list[tuple[int, int]] = []
-    for i in local:
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    if len(runs) <= _MAX_RUNS:
-        return runs
-    return torch.tensor(local, dtype=torch.long).to(device, non_blocking=True)
-
-
-def _on_rows(x: torch.Tensor, rows, fn, *per_row: torch.Tensor) -> torch.Tensor:
-    """Apply ``fn(x_rows, *per_row_rows)`` to the selected rows of ``x`` (see :func:`_select`).
-
-    ``fn`` must not write into its input (it may get a view of ``x``)."""
-    if rows is None:
-        return x
-    if isinstance(rows, list):
-        for a, b in rows:
-            x[a:b] = fn(x[a:b], *(p[a:b] for p in per_row))
-        return x
-    if rows.numel() == 0:
-        return fn(x, *per_row)
-    out = fn(x.index_select(0, rows), *(p.index_select(0, rows) for p in per_row))
-    return x.index_copy_(0, rows, out.to(x.dtype))
-
-
-class _Plan:
-    """Everything :meth:`GPUAugment.apply` decides from the parameters, once per view batch.
-
-    Row choices become host-side lists of booleans and the jitter becomes, per position,
-    blend coefficients ``(3, B)`` on the device plus flags, so that working through the
-    batch (in one piece on CUDA, in cache-sized chunks on the CPU) costs no per-chunk
-    bookkeeping on small tensors and no device synchronisation.
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor], v: ViewRecipe, flip_here: bool,
-                 device: torch.device) -> None:
-        def flags(key: str, used: bool) -> list[bool]:
-            return [bool(f) for f in params[key].bool().tolist()] if used else []
-
-        self.gray = flags("gray", v.gray_p > 0)
-        self.blur = flags("blur", v.blur_p > 0)
-        self.solarize = flags("solarize", v.solarize_p > 0)
-        self.flip = flags("flip", v.flip_p > 0 and flip_here)
-        self.sigma = params["sigma"].to(device, torch.float32, non_blocking=True) if v.blur_p > 0 else None
-        # Jitter: per position k, (coef (3, B, 1, 1, 1) or None, blend flags, gray flags, hue flags).
-        self.positions: list[tuple[Optional[torch.Tensor], list[bool], list[bool], list[bool]]] = []
-        self.hue: Optional[torch.Tensor] = None
-        if v.jitter is None or v.jitter_p <= 0 or not any(j > 0 for j in v.jitter):
-            return
-        strength = v.jitter
-        on = params["jitter"].bool().cpu()
-        order = params["order"].to("cpu", torch.long)
-        factors = torch.stack([params["brightness"], params["contrast"], params["saturation"]], 1).cpu().float()
-        if strength[3] > 0:
-            self.hue = params["hue"].to(device, torch.float32, non_blocking=True)
-        for k in range(4):
-            op = order[:, k]
-            # Coefficients of the fused blend; a disabled part (strength 0) is an identity.
-            is_b = on & (op == BRIGHTNESS) & (strength[0] > 0)
-            is_c = on & (op == CONTRAST) & (strength[1] > 0)
-            is_s = on & (op == SATURATION) & (strength[2] > 0)
-            blend = is_b | is_c | is_s
-            coef = None
-            if bool(blend.any()):
-                f = factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1)
-                a = torch.where(blend, f, torch.ones_like(f))
-                cg = torch.where(is_s, 1.0 - f, torch.zeros_like(f))
-                cm = torch.where(is_c, 1.0 - f, torch.zeros_like(f))
-                coef = torch.stack([a, cg, cm]).to(device, non_blocking=True).view(3, -1, 1, 1, 1)
-            hue = (on & (op == HUE)) if strength[3] > 0 else torch.zeros_like(on)
-            self.positions.append((coef, blend.tolist(), (is_c | is_s).tolist(), hue.tolist()))
 
 
 def normalize_uint8(x: torch.Tensor, channels_last: bool = False,

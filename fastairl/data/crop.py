@@ -16,7 +16,8 @@ is written here once, against a :class:`numpy.random.Generator`:
 whole batch with array operations (same distribution, different stream), and
 :func:`crop_resize` cuts and resizes windows on torch tensors exactly as torchvision's
 ``resized_crop`` does (bilinear, antialiased), so a GPU decode backend can produce the
-reference's pixels.
+reference's pixels. :func:`eval_window` is the validation crop (torchvision's
+``Resize`` + ``CenterCrop``), written once for the ffcv, dali and nvjpeg backends.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from fastairl.data.recipes import CROP_TRIES
 
-__all__ = ["sample_crop", "sample_crops", "batch_crops", "crop_resize"]
+__all__ = ["sample_crop", "sample_crops", "batch_crops", "crop_resize", "eval_window"]
 
 Box = tuple[int, int, int, int]
 
@@ -145,6 +146,29 @@ def batch_crops(views: Sequence, seed: int, epoch: int, rank: int, batch_no: int
         flips = rng.random(hs.shape[0]) < v.flip_p
         out.append((boxes, flips))
     return out
+
+
+def eval_window(height: int, width: int, size: int, resize: int) -> tuple[int, int, int, int]:
+    """``(resized_h, resized_w, top, left)`` of torchvision's ``Resize(resize)`` + ``CenterCrop(size)``.
+
+    ``Resize`` scales the short side to ``resize`` and truncates the long one
+    (``int(resize * long / short)``); ``CenterCrop`` then starts at
+    ``round((resized - size) / 2)`` (half to even, as Python's ``round``). The one
+    definition of the eval window: the ffcv backend compiles it with numba
+    (:func:`fastairl.data.ffcv_kernels.eval_box`, which maps it back to source pixels),
+    the dali backend hands these numbers to ``fn.resize`` / ``fn.slice``, the nvjpeg
+    backend resizes to ``(resized_h, resized_w)`` and slices. Plain scalar arithmetic
+    only, so that numba can compile it.
+    """
+    if height <= width:
+        rh = resize
+        rw = int(resize * width / height)
+    else:
+        rw = resize
+        rh = int(resize * height / width)
+    top = int(np.rint((rh - size) / 2.0))
+    left = int(np.rint((rw - size) / 2.0))
+    return rh, rw, top, left
 
 
 def _native_uint8_resize(device: torch.device) -> bool:

@@ -20,11 +20,9 @@ What happens per batch and per sample:
 2. one JPEG decode through libjpeg-turbo (ffcv's ``imdecode``). When *every* window is
    at least 2x (4x, 8x) the output size in both directions, the JPEG is decoded at
    1/2 (1/4, 1/8) scale in the DCT domain, which is cheaper and is itself a proper
-   low-pass downscale; otherwise at full size. (ffcv 1.0.2's region decode goes
-   through a lossless ``tjTransform`` that entropy-decodes the whole image and
-   re-encodes the region: measured on ~460x400 photos it costs 1.7x a full decode for a
-   region of 90 % per side and only breaks even near 50 % per side, while the union of
-   two random windows is usually larger, so it is not used.)
+   low-pass downscale; otherwise at full size. (ffcv 1.0.2's region decode is not
+   used: it costs more than a full decode for the windows a recipe draws; the
+   measurement is in ``docs/data-backends.md``.)
 3. each window resized to ``S x S`` with the same filter as torchvision's
    ``resized_crop(..., antialias=True)`` (PIL's separable triangle filter whose support
    widens with the downscale factor), flipped horizontally if drawn so, at no extra
@@ -42,25 +40,33 @@ dali backends (same rule, same seeding) draw the same windows for the same batch
 image sizes. (Drawing inside the numba threads would give each thread its own
 unseedable stream.) The sample *order* comes from ffcv's traversal orders, seeded with
 ``spec.seed`` and the epoch: a full random permutation by default (see :class:`FFCVLoader`).
+
+Where the pieces live (split for issue #15, every name still importable from here):
+the numba crop+resize kernels and the eval window in :mod:`fastairl.data.ffcv_kernels`,
+the ffcv operation :class:`MultiViewCropDecoder` and :func:`decode_jpeg` in
+:mod:`fastairl.data.ffcv_decoder`, the ``.beton`` / ``classes.json`` checks in
+:mod:`fastairl.data.ffcv_files`; this module keeps the loader.
 """
 from __future__ import annotations
 
-import math
 import logging
 import os
 import queue
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numba as nb
 import numpy as np
 import torch
 
 from fastairl.data.base import LoaderSpec
-from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader, read_classes_json
+from fastairl.data.beton import BetonError
 from fastairl.data.crop import batch_crops
-from fastairl.data.recipes import eval_resize_size, get_recipe
+from fastairl.data.ffcv_decoder import (_BAD_WINDOW, _FFCV_IMPORT_ERROR, PARAM_COLUMNS,  # noqa: F401 (re-exported)
+                                        MultiViewCropDecoder, decode_jpeg, require_ffcv)
+from fastairl.data.ffcv_files import (_REWRITE_HINT, IMAGE_FIELD, LABEL_FIELD,  # noqa: F401 (re-exported)
+                                      _open_checked, check_beton, has_ffcv_files, read_classes)
+from fastairl.data.ffcv_kernels import eval_box, resize_box, resized_crop  # noqa: F401 (re-exported)
+from fastairl.data.recipes import get_recipe
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +75,12 @@ log = logging.getLogger(__name__)
 _TORCH_THREADS = torch.get_num_threads()
 try:  # ffcv is a compiled extension with system library dependencies; fail late, clearly.
     from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.libffcv import imdecode as _ffcv_imdecode
     from ffcv.loader import Loader as _FFCVBaseLoader
     from ffcv.loader import OrderOption
     from ffcv.loader.epoch_iterator import EpochIterator
-    from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
-    from ffcv.pipeline.state import State
     from ffcv.transforms import ToDevice, ToTensor
-    _FFCV_IMPORT_ERROR: Exception | None = None
-except (ImportError, OSError) as _e:  # OSError: libturbojpeg / libopencv missing at load time
-    _FFCV_IMPORT_ERROR = _e
-    SimpleRGBImageDecoder = object  # type: ignore[assignment,misc]
+except (ImportError, OSError):  # the reason is kept in ffcv_decoder._FFCV_IMPORT_ERROR (require_ffcv)
     EpochIterator = object  # type: ignore[assignment,misc]
 torch.set_num_threads(_TORCH_THREADS)
 
@@ -90,454 +89,6 @@ __all__ = [
     "check_beton", "decode_jpeg", "eval_box", "has_ffcv_files", "read_classes",
     "require_ffcv", "resize_box", "resized_crop",
 ]
-
-#: Field names written by :func:`fastairl.data.ffcv_writer.write_ffcv`, in file order.
-IMAGE_FIELD = "image"
-LABEL_FIELD = "label"
-
-_REWRITE_HINT = "re-run data_prep/write_ffcv.py (with --overwrite) to rebuild it"
-
-
-def require_ffcv() -> None:
-    """Raise a one-line, actionable ImportError if ffcv cannot be imported here."""
-    if _FFCV_IMPORT_ERROR is not None:
-        raise ImportError(
-            f"ffcv is not importable ({type(_FFCV_IMPORT_ERROR).__name__}: {_FFCV_IMPORT_ERROR}); "
-            "run `make venv` (it installs the system packages pkg-config libopencv-dev "
-            "libturbojpeg0-dev with apt and then ffcv==1.0.2), or use the `folder` data backend"
-        ) from _FFCV_IMPORT_ERROR
-
-
-# --------------------------------------------------------------------------------------
-# numba kernels: the antialiased bilinear crop+resize
-# --------------------------------------------------------------------------------------
-
-#: Fixed-point precision of the vertical-pass weights (they sum to 2**_WB_V).
-_WB_V = 14
-#: Precision of the horizontal-pass weights; 12 bits keep a weighted sum of uint8 values
-#: below 2**20, so the three channels of a pixel fit in one int64 at 21-bit spacing and
-#: one multiply-add serves all three.
-_WB_H = 12
-_LANE = 21
-
-
-@nb.njit(cache=True, nogil=True, fastmath=True)
-def _filter_taps(start: float, length: float, out_size: int, lo: int, hi: int, bits: int,
-                 first: np.ndarray, count: np.ndarray, weights: np.ndarray) -> None:
-    """Integer taps of the antialiased bilinear filter for one axis.
-
-    Output pixel ``o`` covers source coordinate ``start + (o + 0.5) * length / out_size``;
-    its taps are the source pixels within the filter support (1, widened to the
-    downscale factor when shrinking), clamped to ``[lo, hi)``; weights are the triangle
-    filter, normalised and rounded so that they sum to exactly ``2**bits``.
-    """
-    scale = length / out_size
-    if scale >= 1.0:
-        support = scale
-        inv = 1.0 / scale
-    else:
-        support = 1.0
-        inv = 1.0
-    one = 1 << bits
-    tmp = np.empty(weights.shape[1], np.float64)
-    for o in range(out_size):
-        centre = start + scale * (o + 0.5)
-        a = max(int(math.floor(centre - support + 0.5)), lo)
-        b = min(int(math.floor(centre + support + 0.5)), hi)
-        n = b - a
-        if n < 1:  # degenerate window (cannot happen for windows inside the image)
-            a = min(max(int(math.floor(centre)), lo), hi - 1)
-            n = 1
-        total = 0.0
-        best = 0
-        for k in range(n):
-            v = 1.0 - abs((k + a - centre + 0.5) * inv)
-            if v < 0.0:
-                v = 0.0
-            tmp[k] = v
-            total += v
-            if v > tmp[best]:
-                best = k
-        if total <= 0.0:
-            for k in range(n):
-                tmp[k] = 1.0
-            total = float(n)
-        acc = 0
-        for k in range(n):
-            q = int(math.floor(tmp[k] / total * one + 0.5))
-            weights[o, k] = q
-            acc += q
-        weights[o, best] += one - acc  # rounding residue goes to the largest tap
-        first[o] = a
-        count[o] = n
-
-
-@nb.njit(cache=True, nogil=True, fastmath=True)
-def resize_box(src: np.ndarray, y0: float, x0: float, bh: float, bw: float,
-               ylo: int, yhi: int, xlo: int, xhi: int, dst: np.ndarray, flip: bool) -> None:
-    """Resize the window ``[y0, y0+bh) x [x0, x0+bw)`` of ``src`` (H, W, 3 uint8) into ``dst``.
-
-    The window may have fractional bounds (windows on a DCT-downscaled decode, or the
-    eval window); filter taps are clamped to rows ``[ylo, yhi)`` and columns
-    ``[xlo, xhi)``: the window itself for a random crop (as torchvision, which crops
-    and then resizes), the whole image for the eval window (as resize-then-crop).
-    ``dst`` (S_h, S_w, 3) may be a strided view. ``flip`` mirrors the output
-    horizontally.
-
-    Vertical pass first (vectorised over a whole source row span, 14-bit weights,
-    rounded to uint8 like torchvision's own uint8 path), then the horizontal pass with
-    the three channels packed into one int64 so a tap is one multiply-add.
-    """
-    oh = dst.shape[0]
-    ow = dst.shape[1]
-    ky = int(math.ceil(max(bh / oh, 1.0))) * 2 + 3
-    kx = int(math.ceil(max(bw / ow, 1.0))) * 2 + 3
-    wy = np.empty((oh, ky), np.int32)
-    fy = np.empty(oh, np.int64)
-    ny = np.empty(oh, np.int64)
-    wx = np.zeros((ow, kx), np.int64)  # zero past each pixel's taps: see the fixed-length loop below
-    fx = np.empty(ow, np.int64)
-    nx = np.empty(ow, np.int64)
-    _filter_taps(y0, bh, oh, ylo, yhi, _WB_V, fy, ny, wy)
-    _filter_taps(x0, bw, ow, xlo, xhi, _WB_H, fx, nx, wx)
-    c0 = fx[0]
-    c1 = c0
-    for o in range(ow):
-        c0 = min(c0, fx[o])
-        c1 = max(c1, fx[o] + nx[o])
-    npx = c1 - c0
-    span = npx * 3
-    base = c0 * 3
-    taps = 1
-    for o in range(ow):
-        taps = max(taps, nx[o])
-    rows = src.reshape(src.shape[0], src.shape[1] * 3)
-    acc = np.empty(span, np.int32)
-    packed = np.zeros(npx + taps, np.int64)  # zero tail: every pixel reads `taps` entries
-    line = np.empty(ow, np.int64)
-    half_v = np.int32(1 << (_WB_V - 1))
-    half_h = np.int64(1 << (_WB_H - 1))
-    init_h = half_h | (half_h << _LANE) | (half_h << (2 * _LANE))
-    lane_mask = np.int64((1 << _LANE) - 1)
-    # Loops index slices from 0 (never ``a[base + t]``): numba must otherwise allow for
-    # negative indices, and that check alone stops LLVM from vectorising the loop (~20x).
-    for oy in range(oh):
-        r = fy[oy]
-        w0 = wy[oy, 0]
-        s0 = rows[r, base:base + span]
-        for t in range(span):
-            acc[t] = half_v + w0 * np.int32(s0[t])
-        for k in range(1, ny[oy]):
-            wk = wy[oy, k]
-            sk = rows[r + k, base:base + span]
-            for t in range(span):
-                acc[t] += wk * np.int32(sk[t])
-        for p in range(npx):
-            packed[p] = (np.int64(acc[3 * p] >> _WB_V)
-                         | (np.int64(acc[3 * p + 1] >> _WB_V) << _LANE)
-                         | (np.int64(acc[3 * p + 2] >> _WB_V) << (2 * _LANE)))
-        for ox in range(ow):  # same trip count for every pixel: no mispredicted loop exits
-            a = fx[ox] - c0
-            seg = packed[a:a + taps]
-            wseg = wx[ox]
-            v = init_h
-            for k in range(taps):
-                v += wseg[k] * seg[k]
-            line[ox] = v
-        out = dst[oy]
-        for ox in range(ow):
-            v = line[ow - 1 - ox] if flip else line[ox]
-            out[ox, 0] = np.uint8((v & lane_mask) >> _WB_H)
-            out[ox, 1] = np.uint8(((v >> _LANE) & lane_mask) >> _WB_H)
-            out[ox, 2] = np.uint8(((v >> (2 * _LANE)) & lane_mask) >> _WB_H)
-
-
-@nb.njit(cache=True, nogil=True)
-def eval_box(height: int, width: int, size: int, resize: int) -> tuple[float, float, float, float]:
-    """The eval window ``(y0, x0, bh, bw)`` in source pixels.
-
-    It is the region that ``Resize(resize)`` (short side, long side truncated as
-    torchvision does) followed by ``CenterCrop(size)`` keeps; resizing it to
-    ``size x size`` with taps clamped to the whole image gives the same pixels.
-    """
-    if height <= width:
-        rh = resize
-        rw = int(resize * width / height)
-    else:
-        rw = resize
-        rh = int(resize * height / width)
-    top = int(np.rint((rh - size) / 2.0))
-    left = int(np.rint((rw - size) / 2.0))
-    sy = height / rh
-    sx = width / rw
-    return top * sy, left * sx, size * sy, size * sx
-
-
-@nb.njit(cache=True, nogil=True)
-def _dct_denominator(boxes: np.ndarray, size: int) -> int:
-    """Largest d in (8, 4, 2) with every window still >= ``size`` after a 1/d decode, else 1."""
-    d = 8
-    while d > 1:
-        ok = True
-        for v in range(boxes.shape[0]):
-            if boxes[v, 2] < size * d or boxes[v, 3] < size * d:
-                ok = False
-        if ok:
-            return d
-        d //= 2
-    return 1
-
-
-# --------------------------------------------------------------------------------------
-# Python-side helpers (tests, diagnostics)
-# --------------------------------------------------------------------------------------
-
-def resized_crop(img: np.ndarray, top: float, left: float, height: float, width: float, size: int,
-                 flip: bool = False, clamp_to_window: bool = True) -> np.ndarray:
-    """``resize_box`` on a ``(H, W, 3)`` uint8 array; returns a new ``(size, size, 3)`` array.
-
-    With ``clamp_to_window`` the filter sees only the window (torchvision's
-    ``resized_crop``); without, it may read the pixels around it (resize-then-crop).
-    """
-    img = np.ascontiguousarray(img)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"resized_crop expects an (H, W, 3) uint8 array, got {img.dtype} {img.shape}")
-    h, w = img.shape[:2]
-    if not (0 <= top and 0 <= left and height > 0 and width > 0
-            and top + height <= h + 1e-9 and left + width <= w + 1e-9):
-        raise ValueError(f"window (top={top}, left={left}, h={height}, w={width}) is not inside the {h}x{w} image")
-    if clamp_to_window:
-        ylo, yhi = int(math.floor(top)), min(h, int(math.ceil(top + height)))
-        xlo, xhi = int(math.floor(left)), min(w, int(math.ceil(left + width)))
-    else:
-        ylo, yhi, xlo, xhi = 0, h, 0, w
-    out = np.empty((size, size, 3), np.uint8)
-    resize_box(img, float(top), float(left), float(height), float(width), ylo, yhi, xlo, xhi, out, bool(flip))
-    return out
-
-
-def decode_jpeg(data: np.ndarray, height: int, width: int, denominator: int = 1) -> np.ndarray:
-    """Decode JPEG bytes with ffcv's libjpeg-turbo call, optionally at 1/denominator scale.
-
-    This is exactly the decode the loader runs (same library, same flags), so tests can
-    compare the loader's crops with torchvision applied to the same pixels.
-    """
-    require_ffcv()
-    if denominator not in (1, 2, 4, 8):
-        raise ValueError(f"denominator must be 1, 2, 4 or 8, got {denominator}")
-    sh = -(-height // denominator)
-    sw = -(-width // denominator)
-    out = np.empty(sh * sw * 3, np.uint8)
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    rc = _ffcv_imdecode(data, out, height, width, height, width, 0, 0, 1, denominator, False, False)
-    if rc != 0:
-        raise ValueError(f"libjpeg-turbo could not decode this JPEG (return code {rc})")
-    return out.reshape(sh, sw, 3)
-
-
-# --------------------------------------------------------------------------------------
-# File checks
-# --------------------------------------------------------------------------------------
-
-def check_beton(path: str | os.PathLike) -> int:
-    """Check that ``path`` is a complete fastairl .beton; return its number of samples."""
-    return len(_open_checked(path))
-
-
-def _open_checked(path: str | os.PathLike) -> BetonReader:
-    """A :class:`BetonReader` on ``path`` after the checks :func:`check_beton` promises.
-
-    ffcv itself trusts the header: a truncated file would be memory-mapped past its end
-    and crash the process (SIGBUS) mid-epoch. :class:`fastairl.data.beton.BetonReader`
-    checks header, field table, allocation table and every sample pointer; on top, the
-    two fields must be the ``image``/``label`` pair fastairl writes, with JPEG payloads.
-    """
-    try:
-        reader = BetonReader(path, image_field=IMAGE_FIELD, label_field=LABEL_FIELD)
-    except BetonError as e:
-        msg = str(e)
-        raise BetonError(msg if "write_ffcv" in msg else f"{msg}; {_REWRITE_HINT}") from None
-    if reader.field_names != [IMAGE_FIELD, LABEL_FIELD]:
-        raise BetonError(f"{path} has fields {reader.field_names}; fastairl writes exactly "
-                         f"['{IMAGE_FIELD}', '{LABEL_FIELD}']; {_REWRITE_HINT}")
-    if (reader.modes != JPEG_MODE).any():
-        raise BetonError(f"{path} stores some images as raw pixels; fastairl reads JPEG-mode files as "
-                         f"written by data_prep/write_ffcv.py; {_REWRITE_HINT}")
-    return reader
-
-
-def read_classes(root: str | os.PathLike) -> list[str]:
-    """Class names in label order from ``<root>/classes.json`` (written by write_ffcv)."""
-    classes = read_classes_json(root)
-    if classes is None:
-        raise FileNotFoundError(f"{Path(root) / 'classes.json'} not found; it is written beside the .beton "
-                                f"files by data_prep/write_ffcv.py; {_REWRITE_HINT}")
-    return classes
-
-
-def has_ffcv_files(root: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> bool:
-    """Whether ``root`` holds ``classes.json`` and ``<split>.beton`` for every split.
-
-    A cheap existence test for choosing a backend; :class:`FFCVLoader` checks contents.
-    """
-    r = Path(root)
-    return r.is_dir() and (r / "classes.json").is_file() and all((r / f"{s}.beton").is_file() for s in splits)
-
-
-# --------------------------------------------------------------------------------------
-# The ffcv operation
-# --------------------------------------------------------------------------------------
-
-#: Columns of the decoder's per-sample, per-view parameter rows: window and flip.
-PARAM_COLUMNS = ("top", "left", "height", "width", "flip")
-#: What the decoder writes into the flip column of a sample whose windows are invalid.
-_BAD_WINDOW = -7
-
-
-@nb.njit(cache=True, nogil=True)
-def _check_windows(params: np.ndarray, height: int, width: int) -> bool:
-    """Whether every ``(top, left, h, w, flip)`` row lies inside a ``height x width`` image."""
-    for v in range(params.shape[0]):
-        t, l, h, w, f = params[v, 0], params[v, 1], params[v, 2], params[v, 3], params[v, 4]
-        if t < 0 or l < 0 or h < 1 or w < 1 or t + h > height or l + w > width or f < 0 or f > 1:
-            return False
-    return True
-
-
-_IMDECODE_JIT = None
-
-
-def _imdecode_jit():
-    """ffcv's libjpeg-turbo call compiled once per process and shared by every decoder.
-
-    Compiling it per loader (``Compiler.compile`` makes a new numba dispatcher each time)
-    gives several dispatchers of one function; when a loader is garbage-collected, numba's
-    finalizer then removes overloads another dispatcher already removed and prints a
-    ``KeyError`` traceback ("Exception ignored in: <finalize object ...>"), e.g. after every
-    kNN evaluation. It is not parallel, so one compiled version serves every thread count.
-    """
-    global _IMDECODE_JIT
-    if _IMDECODE_JIT is None:
-        _IMDECODE_JIT = Compiler.compile(_ffcv_imdecode)
-    return _IMDECODE_JIT
-
-
-class MultiViewCropDecoder(SimpleRGBImageDecoder):
-    """Decode each JPEG of an ``RGBImageField`` once and emit one resized crop per view.
-
-    It subclasses ffcv's ``SimpleRGBImageDecoder`` because ffcv recognises the first
-    operation of a pipeline as the field's decoder only if it is an instance of the
-    field's decoder class; everything the base class does is overridden.
-
-    Output per sample: ``(V, size, size, 3)`` uint8. ``num_views=V`` selects random
-    views: the windows and flips are *not* drawn here but read from a second buffer the
-    decoder declares, ``(V, 5)`` int64 per sample with the columns of
-    :data:`PARAM_COLUMNS`, which :class:`FFCVLoader` fills before each batch (see the
-    module docstring); a row outside the image stops the loader with an error (used
-    with a plain ffcv ``Loader``, nothing fills that buffer and such samples come out
-    black: random views need :class:`FFCVLoader`).
-    ``num_views=None`` selects the eval view (torchvision's ``Resize(eval_resize)`` +
-    ``CenterCrop(size)``, ``eval_resize`` defaulting to
-    :func:`~fastairl.data.recipes.eval_resize_size`), which needs no parameters.
-    ``dct_scaling=False`` forces full-size decodes.
-    """
-
-    def __init__(self, size: int, num_views: int | None, *, eval_resize: int | None = None,
-                 dct_scaling: bool = True) -> None:
-        require_ffcv()
-        super().__init__()
-        if int(size) < 1:
-            raise ValueError(f"output size must be >= 1, got {size}")
-        if num_views is not None and int(num_views) < 1:
-            raise ValueError(f"MultiViewCropDecoder needs at least one view (or num_views=None for eval), "
-                             f"got {num_views}")
-        self.size = int(size)
-        self.random = num_views is not None
-        self.num_views = int(num_views) if num_views is not None else 1
-        self.eval_resize = int(eval_resize) if eval_resize is not None else eval_resize_size(self.size)
-        if not self.random and self.eval_resize < self.size:
-            raise ValueError(f"eval resize {self.eval_resize} is smaller than the crop {self.size}")
-        self.dct_scaling = bool(dct_scaling)
-
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | tuple]:
-        shape = (self.num_views, self.size, self.size, 3)
-        dtype = np.dtype("<u1")
-        state = replace(previous_state, jit_mode=True, shape=shape, dtype=dtype)
-        pixels = AllocationQuery(shape, dtype)
-        if not self.random:
-            return state, pixels
-        return state, (pixels, AllocationQuery((self.num_views, len(PARAM_COLUMNS)), np.dtype("<i8")))
-
-    def generate_code(self):
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
-        imdecode_c = _imdecode_jit()
-        size = self.size
-        n_views = self.num_views
-        resize = self.eval_resize
-        dct = self.dct_scaling
-
-        def decode_random(batch_indices, destination, metadata, storage_state):
-            pixels, params = destination
-            for ix in my_range(len(batch_indices)):
-                field = metadata[batch_indices[ix]]
-                data = mem_read(field["data_ptr"], storage_state)
-                height = np.int64(field["height"])
-                width = np.int64(field["width"])
-                p = params[ix]
-                if not _check_windows(p, height, width):
-                    # No raise in a parallel loop (numba would run it serially): mark the
-                    # row, blank the views; _CheckedEpochIterator turns the mark into an error.
-                    p[0, 4] = _BAD_WINDOW
-                    pixels[ix] = 0
-                    continue
-                d = 1
-                if dct:
-                    d = _dct_denominator(p, size)
-                sh = (height + d - 1) // d
-                sw = (width + d - 1) // d
-                buf = np.empty(sh * sw * 3, np.uint8)
-                imdecode_c(data, buf, height, width, height, width, 0, 0, 1, d, False, False)
-                img = buf.reshape(sh, sw, 3)
-                for v in range(n_views):
-                    y0 = p[v, 0] / d
-                    x0 = p[v, 1] / d
-                    bh = p[v, 2] / d
-                    bw = p[v, 3] / d
-                    ylo = int(math.floor(y0))
-                    yhi = min(sh, int(math.ceil(y0 + bh)))
-                    xlo = int(math.floor(x0))
-                    xhi = min(sw, int(math.ceil(x0 + bw)))
-                    resize_box(img, y0, x0, bh, bw, ylo, yhi, xlo, xhi, pixels[ix, v], p[v, 4] == 1)
-            return pixels[:len(batch_indices)]
-
-        def decode_centre(batch_indices, destination, metadata, storage_state):
-            for ix in my_range(len(batch_indices)):
-                field = metadata[batch_indices[ix]]
-                data = mem_read(field["data_ptr"], storage_state)
-                height = np.int64(field["height"])
-                width = np.int64(field["width"])
-                y0, x0, bh, bw = eval_box(height, width, size, resize)
-                box = np.empty((1, 4), np.float64)
-                box[0, 0] = y0
-                box[0, 1] = x0
-                box[0, 2] = bh
-                box[0, 3] = bw
-                d = 1
-                if dct:
-                    d = _dct_denominator(box, size)
-                sh = (height + d - 1) // d
-                sw = (width + d - 1) // d
-                buf = np.empty(sh * sw * 3, np.uint8)
-                imdecode_c(data, buf, height, width, height, width, 0, 0, 1, d, False, False)
-                img = buf.reshape(sh, sw, 3)
-                resize_box(img, y0 / d, x0 / d, bh / d, bw / d, 0, sh, 0, sw, destination[ix, 0], False)
-            return destination[:len(batch_indices)]
-
-        decode = decode_random if self.random else decode_centre
-        decode.is_parallel = True
-        return decode
-
 
 # --------------------------------------------------------------------------------------
 # The loader

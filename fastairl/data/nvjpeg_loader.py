@@ -30,16 +30,17 @@ CPU threads, so every step above is exercised by the tests; a loud warning says 
 
 Crop windows come from a numpy generator seeded by (seed, epoch, rank, batch number), so
 a run resumed mid-epoch (``set_epoch(epoch, start_batch)``) sees the very same batches.
+
+The JPEG frame-header parser and the CPU decoder live in :mod:`fastairl.data.jpeg_bytes`
+(shared with the ``dali`` backend) and are re-exported here.
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
 import queue
 import threading
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -51,102 +52,27 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .base import LoaderSpec
 from .beton import JPEG_MODE
-from .crop import crop_resize
+from .crop import crop_resize, eval_window
+from .jpeg_bytes import DecodeError, JpegHeader, decode_on_cpu, jpeg_header  # noqa: F401 (re-exported)
 from .jpeg_source import BetonSamples, FolderSamples, JpegLoaderBase
 from .recipes import eval_resize_size
 
 log = logging.getLogger(__name__)
-
-# torchvision 0.29 warns on every decode call that its codecs are deprecated in favour of
-# TorchCodec; one warning per image would drown the training log. The filter is scoped
-# to that exact message.
-warnings.filterwarnings("ignore", message=r".*image decoding and encoding capabilities of TorchVision are deprecated",
-                        category=DeprecationWarning)
 
 __all__ = ["NvJpegLoader", "build_nvjpeg_loader", "JpegHeader", "jpeg_header", "decode_on_cpu", "DecodeError"]
 
 #: Batches prepared ahead of the training loop (override with ``spec.extra["prefetch"]``).
 DEFAULT_PREFETCH = 3
 
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}
-
 _warned_cpu = False
 _warned_gpu_fallback = False
 
 
-class DecodeError(RuntimeError):
-    """No decoder could turn a sample's bytes into an RGB image."""
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What the start-of-frame segment of a JPEG says."""
-
-    height: int
-    width: int
-    components: int   # 1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK
-    progressive: bool
-
-
-def jpeg_header(data: torch.Tensor | np.ndarray | bytes) -> JpegHeader | None:
-    """Parse the frame header of a JPEG stream, or return None if it is not a JPEG.
-
-    Used to send images nvJPEG is known to reject (4-component CMYK/YCCK, non-JPEG files)
-    straight to the CPU decoder, instead of failing a whole GPU batch and retrying it.
-    """
-    if isinstance(data, (bytes, bytearray)):
-        buf = memoryview(data)
-    else:
-        arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
-        buf = memoryview(np.ascontiguousarray(arr.reshape(-1), dtype=np.uint8))  # no copy for uint8 input
-    if len(buf) < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
-        return None
-    pos = 2
-    n = len(buf)
-    while pos + 4 <= n:
-        if buf[pos] != 0xFF:
-            return None
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # stand-alone markers
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return None
-        length = (buf[pos + 2] << 8) | buf[pos + 3]
-        if marker in _SOF_MARKERS:
-            if pos + 10 > n:
-                return None
-            height = (buf[pos + 5] << 8) | buf[pos + 6]
-            width = (buf[pos + 7] << 8) | buf[pos + 8]
-            return JpegHeader(height, width, buf[pos + 9], marker in _PROGRESSIVE_SOF)
-        if length < 2:
-            return None
-        pos += 2 + length
-    return None
-
-
-def decode_on_cpu(data: torch.Tensor) -> torch.Tensor:
-    """Decode one image's bytes to ``(3, H, W)`` uint8 RGB on the CPU.
-
-    torchvision (libjpeg-turbo) first; PIL second, which also reads the odd non-JPEG file
-    stored under a .JPEG name and the rare JPEG variants libjpeg-turbo's strict mode
-    refuses. Raises :class:`DecodeError` with both decoders' reasons if neither can.
-    """
-    try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB)
-    except RuntimeError as e_tv:
-        first = str(e_tv).splitlines()[-1] if str(e_tv) else type(e_tv).__name__
-    try:
-        from PIL import Image
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
-    except Exception as e_pil:  # PIL raises many types (OSError, SyntaxError, ValueError...)
-        raise DecodeError(f"torchvision: {first}; PIL: {type(e_pil).__name__}: {e_pil}") from None
+def _eval_view(im: torch.Tensor, size: int) -> torch.Tensor:
+    """The eval view of one decoded ``(3, H, W)`` image: :func:`~fastairl.data.crop.eval_window`
+    with ``Resize(eval_resize_size(size))``, resized by torchvision (antialiased), then sliced."""
+    rh, rw, top, left = eval_window(im.shape[-2], im.shape[-1], size, eval_resize_size(size))
+    return TF.resize(im, [rh, rw], antialias=True)[..., top:top + size, left:left + size]
 
 
 # --------------------------------------------------------------------------------------
@@ -426,15 +352,10 @@ class NvJpegLoader(JpegLoaderBase):
         return out
 
     def _eval_views(self, imgs: list[torch.Tensor], size: int) -> torch.Tensor:
-        """Resize the short side to eval_resize_size(size), centre-crop size x size (torchvision ops)."""
-        short = eval_resize_size(size)
-
-        def one(im: torch.Tensor) -> torch.Tensor:
-            return TF.center_crop(TF.resize(im, [short], antialias=True), [size, size])
-
+        """The eval view of every image (:func:`_eval_view`: torchvision's Resize + CenterCrop window)."""
         if self.device.type == "cpu" and self.threads > 1 and len(imgs) > 1:
-            return torch.stack(list(self._pool.map(one, imgs)))
-        return torch.stack([one(im) for im in imgs])
+            return torch.stack(list(self._pool.map(lambda im: _eval_view(im, size), imgs)))
+        return torch.stack([_eval_view(im, size) for im in imgs])
 
     # ------------------------------------------------------------------ consumer side
     def _hand_over(self, item: _Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
