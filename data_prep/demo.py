@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder (default: deterministic per sample, and the demo's small JPEGs "
                         "decode fast) or any backend train.py takes, e.g. ffcv (packs the demo once)")
     p.add_argument("--keep", action="store_true", help="refuse to replace an existing demo run")
+    p.add_argument("--images-per-class", type=int, nargs=2, metavar=("TRAIN", "VAL"), default=None,
+                   help="a smaller (or larger) demo dataset for a quick try (default 200 40)")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours (the demo has 200 train images per class)")
     p.add_argument("--knn-every", type=int, default=KNN_EVERY, help="kNN monitor every N epochs (0: at the end only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -108,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = default_seed()
+    if args.images_per_class is not None and (args.images_per_class[0] < 1 or args.images_per_class[1] < 1):
+        p.error(f"--images-per-class {args.images_per_class[0]} {args.images_per_class[1]}: both must be at least 1")
     for flag, value, lo in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                             ("--knn-k", args.knn_k, 1), ("--knn-every", args.knn_every, 0)):
         if value < lo:
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_console(0)
     t0 = time.time()
     threads = torch.get_num_threads()  # fixed for the run and its workers: same sums, same numbers
-    data = ensure_demo_data(seed=args.seed)
+    sizes = {} if args.images_per_class is None else dict(train_per_class=args.images_per_class[0],
+                                                           val_per_class=args.images_per_class[1])
+    data = ensure_demo_data(seed=args.seed, **sizes)
     loader = args.loader
     if loader == "ffcv":
         try:

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--knn-k", "5", "--knn-every", "1",
-        "--set", "image_size=32"]
+        "--images-per-class", "24", "8", "--set", "image_size=32"]
 
 
 def _busy(stop) -> None:
@@ -65,4 +65,4 @@ def test_demo_seed_flag_and_env(tmp_path, demo_root):
     result = json.loads((tmp_path / "result.json").read_text())
     cfg = json.loads((tmp_path / "moco_v2p" / "config.json").read_text())
     assert result["seed"] == 1 and cfg["seed"] == 1
-    assert result["data"] == str(default_demo_root(seed=1))
+    assert result["data"] == str(default_demo_root(seed=1, train_per_class=24, val_per_class=8))
