@@ -203,10 +203,10 @@ def report(args: argparse.Namespace, data: Path, loader: str, run_dir: Path, ove
     results = {}
     if last.get("epoch") == args.epochs and last.get("knn_acc1") is not None:
         results["pre-trained"] = {"acc1": round(last["knn_acc1"], 4), "acc5": round(last["knn_acc5"], 4)}
-    todo = [("random init", dict(ckpt=None, arch=arch, random_init=True, seed=args.seed))]
+    pending = [("random init", dict(ckpt=None, arch=arch, random_init=True, seed=args.seed))]
     if "pre-trained" not in results:
-        todo.insert(0, ("pre-trained", dict(ckpt=str(ckpt), encoder="auto")))
-    for name, kw in todo:
+        pending.insert(0, ("pre-trained", dict(ckpt=str(ckpt), encoder="auto")))
+    for name, kw in pending:
         enc, _ = load_encoder(kw.pop("ckpt"), **kw)
         r = knn_eval_encoder(enc.to(device), data, size, 64, device, workers=2, amp_dtype=amp_dtype,
                              k=args.knn_k, loader=loader)
