@@ -200,28 +200,22 @@ def _lars_lr_by_length(cfg: Config) -> None:
 
 
 def reference_warnings(cfg: Config, world_size: int, local_batch: int) -> list[str]:
-    """Settings under which the reference's published numbers cannot come out (logged at start)."""
-    out = []
-    if cfg.method == "moco" and cfg.shuffle_bn and world_size == 1:
-        out.append("ShuffleBN with one process is a no-op: the key encoder's BN batch is the whole batch "
-                   "either way (the reference shuffles across GPUs)")
-    if cfg.method == "moco" and cfg.shuffle_bn and local_batch != 32:
-        out.append(f"{cfg.name or 'this experiment'}: {local_batch} images per process; the reference's "
-                   f"published MoCo v1/v2 numbers used 32 per process (8 GPUs x 32), and ShuffleBN's "
-                   f"statistics depend on it")
-    return out
+    """Settings under which the reference's published numbers cannot come out (logged at
+    start); each method knows its own."""
+    from .methods import method_class
+    return method_class(cfg.method).reference_warnings(cfg, world_size, local_batch)
 
 
 def validate(cfg: Config) -> None:
     from .data.recipes import RECIPES
     from .models.heads import HEADS
     from .models.norm import BN_KINDS
-    from .methods import METHODS
+    from .methods import REGISTRY
     from .optim.schedules import PRETRAIN_SCHEDULES, PROBE_SCHEDULES
     from .models.resnet import ARCHS
 
     checks = [
-        ("method", cfg.method in METHODS, ", ".join(METHODS)),
+        ("method", cfg.method in REGISTRY, ", ".join(REGISTRY)),
         ("arch", cfg.arch in ARCHS, ", ".join(ARCHS)),
         ("recipe", cfg.recipe in RECIPES, ", ".join(RECIPES)),
         ("head", cfg.head in HEADS, ", ".join(HEADS)),

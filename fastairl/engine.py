@@ -30,7 +30,7 @@ from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
 from .data.base import LoaderSpec, accepts_start_batch
 from .logging_utils import RunLogger, progress_bar
-from .methods import build_method
+from .methods import build_method, method_class
 from .methods.supervised import topk_acc
 from .optim import lr_at
 from .runtime.device import cuda_bf16_native, resolve_amp, resolve_device  # noqa: F401 (re-exported)
@@ -141,7 +141,7 @@ class Trainer(RunStateMixin, EvalMixin):
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         self.probe = None
-        if cfg.probe and cfg.method != "supervised":
+        if cfg.probe and not model.classifies:
             feat_dim = model.online_encoder.feat_dim
             self.probe = nn.Linear(feat_dim, self.num_classes).to(self.device)
             self.probe_base_lr = cfg.probe_lr * scale
@@ -158,7 +158,7 @@ class Trainer(RunStateMixin, EvalMixin):
 
         if opts.compile:
             model.online_encoder.compile()
-            if getattr(model, "uses_target", False):
+            if model.uses_target:
                 model.target_encoder.compile()
 
         self.ddp_model = model
@@ -202,7 +202,8 @@ class Trainer(RunStateMixin, EvalMixin):
         if ck is not None and not self.cfg.num_classes:
             head = ckpt_io.strip_prefix(ck.get("classifier") or {}).get("weight")
             if head is None:
-                head = ckpt_io.strip_prefix(ck["model"]).get("fc.0.weight") if self.cfg.method == "supervised" else None
+                key = method_class(self.cfg.method).class_head_key
+                head = ckpt_io.strip_prefix(ck["model"]).get(key) if key else None
             if head is not None and head.dim() == 2:
                 n = int(head.shape[0])
         if n < data_classes:
@@ -244,7 +245,7 @@ class Trainer(RunStateMixin, EvalMixin):
         lr = self._set_lrs(step, epoch)
         views = self._prepare_views(views)
         self.optimizer.zero_grad(set_to_none=True)
-        parts = getattr(self.model, "loss_parts", 1)
+        parts = self.model.loss_parts
         loss, metrics, feats = 0.0, {}, None
         for part in range(parts):
             # a symmetric loss runs forward+backward per term: half the activation memory;
@@ -360,7 +361,7 @@ class Trainer(RunStateMixin, EvalMixin):
                         rec = {"step": self.global_step, "epoch": epoch + batch_idx / self.steps_per_epoch}
                         for k, v in out.items():
                             rec[k] = float(v.item()) if torch.is_tensor(v) else float(v)
-                        if getattr(self.model, "uses_target", False):
+                        if self.model.uses_target:
                             rec["momentum"] = float(self.model.current_momentum)
                         rec["images_per_s"] = n_img / max(elapsed, 1e-9)
                         rec["data_wait"] = t_wait / max(elapsed, 1e-9)
@@ -382,7 +383,7 @@ class Trainer(RunStateMixin, EvalMixin):
                 if done:
                     break
                 self.save_checkpoint(epoch, self.steps_per_epoch)
-                if cfg.method == "supervised" and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+                if self.model.classifies and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
                     last.update(self.validate(epoch))
                 if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
                     last.update(self.knn_monitor(epoch))

@@ -83,12 +83,12 @@ def fingerprint(names: list[str], digests: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def compared_state(model: nn.Module, probe: nn.Module | None) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
+def compared_state(model: "Method", probe: nn.Module | None) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
     """The tensors that must agree, named as in ``last.pth`` (``model.<key>`` for the method's
     layout state dict, ``classifier.<key>`` for the probe, without ``module.``), and the
     names left out (per-process BN statistics, recognised by their storage, so any layout
     naming works)."""
-    sd = model.layout_state_dict() if hasattr(model, "layout_state_dict") else model.state_dict()
+    sd = model.layout_state_dict()
     local = {b.data_ptr() for b in per_process_statistics(model)}
     named, skipped = [], []
     for k, v in sd.items():

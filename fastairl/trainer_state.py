@@ -102,8 +102,7 @@ class RunStateMixin:
             self.global_step = int(extra["step"])
             if self.scaler is not None and extra.get("scaler"):
                 self.scaler.load_state_dict(extra["scaler"])
-            if hasattr(self.model, "restore_extra_state"):
-                self.model.restore_extra_state(extra.get("method_state"))
+            self.model.restore_extra_state(extra.get("method_state"))
             rngs = extra.get("rng")
             if rngs and self.dist.rank < len(rngs) and rngs[self.dist.rank] is not None:
                 _set_rng_state(rngs[self.dist.rank])
@@ -135,7 +134,7 @@ class RunStateMixin:
                 "step": self.global_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config": self.cfg.to_dict(), "rng": rngs,
-                "method_state": self.model.extra_state() if hasattr(self.model, "extra_state") else None,
+                "method_state": self.model.extra_state(),
                 "world_size": self.dist.world_size, "rank_check": agree,
             },
         }

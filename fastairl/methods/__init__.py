@@ -1,20 +1,27 @@
-"""Method registry: the config's ``method`` field picks the class."""
+"""Method registry: the config's ``method`` field picks the class; config validation and
+the trainer read this one table."""
 from __future__ import annotations
 
-import torch.nn as nn
-
+from .base import Method, SiameseMethod
 from .byol import BYOL
 from .moco import MoCo
 from .supervised import Supervised
 
-METHODS = ("moco", "byol", "supervised")
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (MoCo, BYOL, Supervised)}
+METHODS = tuple(REGISTRY)
 
 
-def build_method(cfg, device, num_classes: int) -> nn.Module:
-    if cfg.method == "moco":
-        return MoCo(cfg, device)
-    if cfg.method == "byol":
-        return BYOL(cfg, device)
-    if cfg.method == "supervised":
-        return Supervised(cfg, device, num_classes)
-    raise ValueError(f"unknown method {cfg.method!r}; choose one of {METHODS}")
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``; a clear error for an unknown name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {METHODS}") from None
+
+
+def build_method(cfg, device, num_classes: int) -> Method:
+    return method_class(cfg.method).build(cfg, device, num_classes)
+
+
+__all__ = ["BYOL", "METHODS", "Method", "MoCo", "REGISTRY", "SiameseMethod", "Supervised",
+           "build_method", "method_class"]

@@ -1,12 +1,14 @@
-"""What every method shares: the online/target encoder pair and the momentum rule.
+"""The method protocol, and what the momentum-target methods share.
 
-A method is an ``nn.Module`` whose ``forward(views, labels)`` returns
-``(loss, metrics, probe_features)``; ``after_step(step, total_steps)`` runs the parts of
-an iteration that follow the optimizer step (target EMA, queue). The trainer knows nothing
-else about it.
+:class:`Method` is everything the trainer may ask of a method, with the defaults it relies
+on: a method overrides what differs and the trainer never checks names or attributes.
+``forward(views, labels)`` returns ``(loss, metrics, probe_features)``; ``after_step``
+runs what follows the optimizer step (target EMA, queue). :class:`SiameseMethod` adds the
+online/target encoder pair and the momentum rule.
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 
@@ -69,7 +71,60 @@ class TargetBNTrainMode:
                 mod.train()
 
 
-class SiameseMethod(nn.Module):
+class Method(nn.Module, metaclass=abc.ABCMeta):
+    """The trainer's view of a method. Subclasses set :attr:`name` (the config's
+    ``method`` value, the registry key) and implement :meth:`build` and :meth:`forward`."""
+
+    name: str = ""
+    #: a momentum target encoder exists (compiled with the online one; ``momentum`` logged)
+    uses_target = False
+    #: the loss is a sum of this many terms the trainer may back-propagate one at a time
+    loss_parts = 1
+    #: momentum of the last target update (NaN without a target)
+    current_momentum = float("nan")
+    #: the method's own head predicts the data's classes: the trainer measures val accuracy
+    #: with it (``eval_every``) and trains no separate online probe
+    classifies = False
+    #: key of the class head's weight in :meth:`layout_state_dict`, read to size the
+    #: classifier when a checkpoint is resumed (None: the method has no class head)
+    class_head_key: str | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, cfg, device, num_classes: int) -> "Method":
+        """The method for ``cfg`` on ``device``; ``num_classes`` sizes a class head."""
+
+    @abc.abstractmethod
+    def forward(self, views, labels=None):
+        """``(loss, metrics, probe_features)`` for a batch of views."""
+
+    @classmethod
+    def reference_warnings(cls, cfg, world_size: int, local_batch: int) -> list[str]:
+        """Why the reference's published numbers cannot come out of ``cfg`` on this many
+        processes with this per-process batch (logged at start); none by default."""
+        return []
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Work that follows optimizer step ``step``; nothing by default."""
+        return None
+
+    def extra_state(self) -> dict | None:
+        """State outside the tensors that exact resume needs (RNG streams); none by default."""
+        return None
+
+    def restore_extra_state(self, state: dict | None) -> None:
+        """Inverse of :meth:`extra_state`; nothing to restore by default."""
+        return None
+
+    def layout_state_dict(self) -> dict:
+        """State dict in the reference layout (without the ``module.`` prefix)."""
+        return self.state_dict()
+
+    def load_layout_state_dict(self, sd: dict, strict: bool = True):
+        return self.load_state_dict(sd, strict=strict)
+
+
+class SiameseMethod(Method):
     """Online encoder (projector [+ predictor] as ``fc``) and a momentum target encoder
     (projector only), built the reference's way: the target starts as a copy."""
 
@@ -79,6 +134,10 @@ class SiameseMethod(nn.Module):
     #: symmetric methods (MoCo v2+, S-MoCo v2+, BYOL) and view 1 for MoCo v1/v2, whose
     #: only online forward is view 1. ``forward`` returns the features of this view.
     probe_view = 2
+
+    @classmethod
+    def build(cls, cfg, device, num_classes: int) -> "SiameseMethod":
+        return cls(cfg, device)
 
     def __init__(self, cfg, device: torch.device | str):
         super().__init__()
@@ -116,13 +175,6 @@ class SiameseMethod(nn.Module):
         m = self.momentum_at(step + 1, total_steps)
         self.current_momentum = m
         momentum_update(self.target_encoder, self.online_encoder, m)
-
-    def layout_state_dict(self) -> dict:
-        """State dict in the reference layout (without the ``module.`` prefix)."""
-        return self.state_dict()
-
-    def load_layout_state_dict(self, sd: dict, strict: bool = True):
-        return self.load_state_dict(sd, strict=strict)
 
 
 def _feat_dim(arch: str) -> int:

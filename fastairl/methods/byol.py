@@ -18,6 +18,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class BYOL(SiameseMethod):
+    name = "byol"
     #: the loss is a sum of two terms, each depending on one online view: the trainer runs
     #: forward+backward per term (same gradients, half the activation memory)
     loss_parts = 2

@@ -65,6 +65,8 @@ class MoCo(SiameseMethod):
     ShuffleBN when ``shuffle_bn``); ``symmetric=True``: v2+ (both directions, keys of one
     randomly chosen view enqueued)."""
 
+    name = "moco"
+
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         self.temperature = cfg.temperature
@@ -78,6 +80,18 @@ class MoCo(SiameseMethod):
         # identical on every rank: decides which view's keys are enqueued (v2+)
         self._view_gen = torch.Generator().manual_seed(cfg.seed + 7919)
         self._shuffle_gen = torch.Generator().manual_seed(cfg.seed + 104729)
+
+    @classmethod
+    def reference_warnings(cls, cfg, world_size: int, local_batch: int) -> list[str]:
+        out = []
+        if cfg.shuffle_bn and world_size == 1:
+            out.append("ShuffleBN with one process is a no-op: the key encoder's BN batch is the whole batch "
+                       "either way (the reference shuffles across GPUs)")
+        if cfg.shuffle_bn and local_batch != 32:
+            out.append(f"{cfg.name or 'this experiment'}: {local_batch} images per process; the reference's "
+                       f"published MoCo v1/v2 numbers used 32 per process (8 GPUs x 32), and ShuffleBN's "
+                       f"statistics depend on it")
+        return out
 
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..models.norm import convert_bn
 from ..models.resnet import build_encoder
-from .base import loss_precision, upcast
+from .base import Method, loss_precision, upcast
 
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -24,9 +24,14 @@ def topk_acc(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[floa
     return [float(hit[:, :min(kk, k)].any(1).float().mean() * 100.0) for kk in ks]
 
 
-class Supervised(nn.Module):
-    uses_target = False
-    current_momentum = float("nan")
+class Supervised(Method):
+    name = "supervised"
+    classifies = True
+    class_head_key = "fc.0.weight"
+
+    @classmethod
+    def build(cls, cfg, device, num_classes: int) -> "Supervised":
+        return cls(cfg, device, num_classes)
 
     def __init__(self, cfg, device, num_classes: int):
         super().__init__()
@@ -40,9 +45,6 @@ class Supervised(nn.Module):
         loss = supervised_loss(logits, labels)
         acc1, acc5 = topk_acc(logits.detach(), labels)
         return loss, {"acc1": acc1, "acc5": acc5}, None
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        return None
 
     def layout_state_dict(self) -> dict:
         return self.encoder.state_dict()
