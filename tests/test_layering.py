@@ -24,7 +24,7 @@ LAYERS = {
     "components": ["fastairl.data", "fastairl.eval_flags", "fastairl.encoders", "fastairl.models", "fastairl.methods", "fastairl.optim", "fastairl.config",
                    "fastairl.config_help", "fastairl.rank_check"],
     "tasks": ["fastairl.engine", "fastairl.trainer_eval", "fastairl.trainer_state", "fastairl.knn", "fastairl.linear_eval", "fastairl.eval_scale"],
-    "tools": ["fastairl.train", "fastairl.preview", "fastairl.export_backbone", "fastairl.convert_detectron2",
+    "tools": ["fastairl.train", "fastairl.preview", "fastairl.transfer", "fastairl.export_backbone", "fastairl.convert_detectron2",
               "fastairl.norm_rescale", "fastairl.demo_report"],
 }
 ORDER = list(LAYERS)
