@@ -4,11 +4,8 @@ One process per device (torchrun) or one plain process. Per iteration: fetch a b
 (time spent waiting is logged as the data-wait share), run the batched augmentation when
 the loader hands over uint8 views, forward under autocast, backward (GradScaler for fp16),
 optimizer step, the method's ``after_step`` (target EMA, queue), the gradient-free online
-probe, logging, and checkpoints at each epoch end and at ``--max-steps``.
-
-Over 400 lines (about 430): ``Trainer.setup`` and ``fit`` stay together here until the
-loop shared with linear evaluation (``fastairl/runtime/``, issue #15) takes the epoch, stop
-and checkpoint cadence out of both; checkpoint/resume and the evaluations already live in
+probe. Epochs, logging, limits, stop signals and checkpoint cadence are the shared loop's
+(``fastairl/runtime/loop.py``); checkpoint/resume and the evaluations live in
 ``trainer_state.py`` and ``trainer_eval.py``.
 """
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +24,14 @@ from . import checkpoint as ckpt_io
 from . import distributed as fdist
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
-from .data.base import LoaderSpec, accepts_start_batch
-from .logging_utils import RunLogger, progress_bar
+from .data.base import LoaderSpec
+from .logging_utils import RunLogger
 from .methods import build_method, method_class
 from .methods.supervised import topk_acc
 from .optim import lr_at
 from .runtime.device import cuda_bf16_native, resolve_amp, resolve_device  # noqa: F401 (re-exported)
 from .runtime.errors import UserError
+from .runtime.loop import STOP_CHECK_EVERY, LoopSettings, LoopTask, NonFiniteGuard, run_loop  # noqa: F401
 from .optim.build import build_optimizer
 from .trainer_eval import EvalMixin
 from .trainer_state import CheckpointWriteError, RunStateMixin, code_version  # noqa: F401 (re-exported)
@@ -42,9 +39,6 @@ from .run_folder import discard_start_files, missing_checkpoint_message, prepare
 from .stop_signals import install_stop_handlers
 
 log = logging.getLogger("fastairl")
-
-
-STOP_CHECK_EVERY = 5
 
 
 @dataclass
@@ -66,7 +60,7 @@ class RunOptions:
     skip_nonfinite: int = 0          # skip up to N steps with a non-finite loss/gradient instead of stopping
 
 
-class Trainer(RunStateMixin, EvalMixin):
+class Trainer(RunStateMixin, EvalMixin, LoopTask):
     def __init__(self, cfg: Config, opts: RunOptions):
         self.cfg, self.opts = cfg, opts
         self.device = resolve_device(opts.device)
@@ -79,7 +73,6 @@ class Trainer(RunStateMixin, EvalMixin):
         self.stop_requested = False
         self.stop_signal = None
         self.run_dir_fresh = False
-        self.nonfinite_skipped = 0
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -117,6 +110,7 @@ class Trainer(RunStateMixin, EvalMixin):
             raise UserError(f"--data {opts.data}: fewer training images than one global batch of {cfg.batch_size}")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.run_dir = Path(opts.output_dir) / cfg.name
+        self.nonfinite = NonFiniteGuard(opts.skip_nonfinite, d, self.run_dir / "last.pth")
         self._resume_path, self._resume_ckpt = None, None
         if opts.resume:
             self._resume_path = self.run_dir / "last.pth" if opts.resume == "auto" else Path(opts.resume)
@@ -265,12 +259,12 @@ class Trainer(RunStateMixin, EvalMixin):
                 feats = out[2]
         if self.scaler is not None:
             # fp16: the scaler skips steps whose gradients overflow; that is not an error
-            if not self._finite(loss, None, step):
+            if not self.nonfinite.ok(loss, None, step):
                 return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if not self._finite(loss, self.optimizer, step):
+            if not self.nonfinite.ok(loss, self.optimizer, step):
                 return {"loss": loss.detach(), "lr": lr, "skipped": 1.0}
             self.optimizer.step()
         self.model.after_step(step, self.total_steps)
@@ -287,126 +281,33 @@ class Trainer(RunStateMixin, EvalMixin):
             out["probe_acc1"] = topk_acc(logits.detach(), labels, ks=(1,))[0]
         return out
 
-    def _finite(self, loss: torch.Tensor, optimizer, step: int) -> bool:
-        """One host sync per step: loss (and, without a scaler, the gradient norm) finite on
-        every rank. Non-finite: stop, or skip the step while --skip-nonfinite allows."""
-        bad = ~torch.isfinite(loss.detach().float())
-        if optimizer is not None:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                norms = torch._foreach_norm(grads)
-                bad = bad | ~torch.isfinite(torch.stack(norms).sum())
-        bad = bad.float().reshape(1)
-        if self.dist.distributed:
-            torch.distributed.all_reduce(bad)
-        if not bool(bad.item() > 0):
-            return True
-        self.nonfinite_skipped += 1
-        what = f"non-finite loss or gradient at step {step} (loss {loss.item():.4g})"
-        if self.nonfinite_skipped > self.opts.skip_nonfinite:
-            raise FloatingPointError(f"{what}; the last good checkpoint {self.run_dir / 'last.pth'} is intact"
-                                     + ("" if self.opts.skip_nonfinite else
-                                        " (--skip-nonfinite N skips up to N such steps)"))
-        log.warning("%s: step skipped (%d of at most %d)", what, self.nonfinite_skipped, self.opts.skip_nonfinite)
-        self.optimizer.zero_grad(set_to_none=True)
-        return False
-
     def fit(self) -> dict:
-        cfg, opts = self.cfg, self.opts
-        steps_this_run = 0
-        max_steps = opts.max_steps
-        last: dict = {}
-        bar = None
-        if self.is_main and opts.progress:
-            total = self.total_steps - self.global_step
-            if max_steps is not None:
-                total = min(total, max_steps)
-            if opts.until_step is not None:
-                total = min(total, max(opts.until_step - self.global_step, 0))
-            bar = progress_bar(total, cfg.name)
-        self._install_signal_handlers()
-        done = opts.until_step is not None and self.global_step >= opts.until_step
-        epoch = self.start_epoch
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs if not done else self.start_epoch):
-                start_batch = self.start_batch if epoch == self.start_epoch else 0
-                self.loader.set_epoch(epoch, start_batch) if accepts_start_batch(self.loader) else self.loader.set_epoch(epoch)
-                self.model.train()
-                batch_idx = start_batch
-                t_wait = t_step = 0.0
-                n_img = 0
-                t0 = time.perf_counter()
-                it = iter(self.loader)
-                while True:
-                    tw = time.perf_counter()
-                    try:
-                        views, labels = next(it)
-                    except StopIteration:
-                        break
-                    t_wait += time.perf_counter() - tw
-                    out = self.train_step(views, labels, self.global_step, epoch)
-                    self.global_step += 1
-                    steps_this_run += 1
-                    batch_idx += 1
-                    n_img += labels.shape[0] * self.dist.world_size
-                    if bar is not None:
-                        bar.update(1)
-                    log_now = (self.global_step % cfg.log_every == 0 or batch_idx == self.steps_per_epoch
-                               or (max_steps is not None and steps_this_run >= max_steps)
-                               or (opts.until_step is not None and self.global_step >= opts.until_step))
-                    if log_now:
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        elapsed = time.perf_counter() - t0
-                        rec = {"step": self.global_step, "epoch": epoch + batch_idx / self.steps_per_epoch}
-                        for k, v in out.items():
-                            rec[k] = float(v.item()) if torch.is_tensor(v) else float(v)
-                        if self.model.uses_target:
-                            rec["momentum"] = float(self.model.current_momentum)
-                        rec["images_per_s"] = n_img / max(elapsed, 1e-9)
-                        rec["data_wait"] = t_wait / max(elapsed, 1e-9)
-                        last = rec
-                        self.logger.log(rec, self.global_step)
-                        if bar is not None:
-                            bar.set_postfix(epoch=f"{rec['epoch']:.2f}", loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
-                        t0, n_img, t_wait = time.perf_counter(), 0, 0.0
-                    stop = ((max_steps is not None and steps_this_run >= max_steps)
-                            or (opts.until_step is not None and self.global_step >= opts.until_step)
-                            or self._stop_now())
-                    if stop:
-                        self.save_checkpoint(epoch, batch_idx)
-                        done = True
-                        break
-                    if (opts.save_every_steps and self.global_step % opts.save_every_steps == 0
-                            and batch_idx < self.steps_per_epoch):
-                        self.save_checkpoint(epoch, batch_idx)
-                if done:
-                    break
-                self.save_checkpoint(epoch, self.steps_per_epoch)
-                if self.model.classifies and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
-                    last.update(self.validate(epoch))
-                if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
-                    last.update(self.knn_monitor(epoch))
-        finally:
-            if bar is not None:
-                bar.close()
-            self.logger.close()
-        return last
-
-    def _install_signal_handlers(self) -> None:
+        """Train to the end, ``--max-steps``/``--until-step`` or a stop signal (the shared loop)."""
+        opts = self.opts
+        settings = LoopSettings(epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+                                log_every=self.cfg.log_every, name=self.cfg.name, max_steps=opts.max_steps,
+                                until_step=opts.until_step, save_every_steps=opts.save_every_steps,
+                                progress=opts.progress)
         install_stop_handlers(self)
+        try:
+            return run_loop(self, self.loader, settings, self.start_epoch, self.start_batch).last
+        finally:
+            self.logger.close()
 
-    def _stop_now(self) -> bool:
-        """A pre-emption signal arrived on some rank. Every rank must stop at the same step,
-        so with several processes the flags are combined every STOP_CHECK_EVERY steps (one
-        tiny all-reduce, bounded delay) rather than every step."""
-        if not self.dist.distributed:
-            return self.stop_requested
-        if self.global_step % STOP_CHECK_EVERY:
-            return False
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag)
-        return bool(flag.item() > 0)
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def end_epoch(self, epoch: int) -> dict:
+        self.save_checkpoint(epoch, self.steps_per_epoch)
+        out = {}
+        if self.model.classifies and self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0:
+            out.update(self.validate(epoch))
+        if self.cfg.knn_every and (epoch + 1) % self.cfg.knn_every == 0:
+            out.update(self.knn_monitor(epoch))
+        return out
+
+    def log_extras(self) -> dict:
+        return {"momentum": float(self.model.current_momentum)} if self.model.uses_target else {}
 
     @torch.no_grad()
     def discard_failed_start(self) -> None:

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 from fastairl import distributed as fdist
 from fastairl.data.augment import normalize_uint8
 from fastairl.eval_scale import DEFAULT_IMAGE_SIZE, load_eval_encoder, prepare_eval_args
-from fastairl.logging_utils import progress_bar
+from fastairl.runtime.loop import LoopTask
 from fastairl.knn import (add_device_flags, add_encoder_flags, autocast, check_positive_flags, gather_unique,
                           load_encoder, shard_indices, topk_hits)
 
@@ -231,10 +230,12 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         raise UserError(f"--max-steps {args.max_steps}: must be > 0")
     if args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be >= 0")
+    if args.skip_nonfinite < 0:
+        raise UserError(f"--skip-nonfinite {args.skip_nonfinite}: must be >= 0")
     return s
 
 
-class LinearEval:
+class LinearEval(LoopTask):
     """One linear-evaluation run (one process per device, or one plain process)."""
 
     def __init__(self, args: argparse.Namespace):
@@ -276,6 +277,8 @@ class LinearEval:
         name = a.name or default_run_name(a.ckpt, self.desc["encoder"], self.desc["arch"])
         self.run_dir = Path(a.output_dir) / name
         self._prepare_run_dir()
+        from fastairl.runtime.loop import NonFiniteGuard
+        self.nonfinite = NonFiniteGuard(a.skip_nonfinite, d, self.run_dir / "last.pth", hint="lower --lr")
 
         self.loader_name = choose_loader(a.loader, self.data_root, self.device.type)
 
@@ -423,21 +426,20 @@ class LinearEval:
             f = self.backbone.features(x)
         return f.float()
 
-    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, epoch: int) -> dict:
-        lr = lr_for(self.s.schedule, self.base_lr, epoch, self.global_step, self.total_steps, self.s.milestones)
+    def train_step(self, views: list[torch.Tensor], labels: torch.Tensor, step: int, epoch: int) -> dict:
+        lr = lr_for(self.s.schedule, self.base_lr, epoch, step, self.total_steps, self.s.milestones)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x = self.augment(views)[0] if self.augment is not None else views[0]
         f = self._features(x)
         logits = self.ddp_head(f)
         loss = F.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.global_step}; lower --lr "
-                                     f"(the last good checkpoint {self.run_dir / 'last.pth'} is intact)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
         acc1 = topk_hits(logits.detach(), labels, ks=(1,))[0].float().mean() * 100.0
+        if not self.nonfinite.ok(loss, self.optimizer, step):
+            return {"loss": loss.detach(), "acc1": acc1, "lr": lr, "skipped": 1.0}
+        self.optimizer.step()
         return {"loss": loss.detach(), "acc1": acc1, "lr": lr}
 
     @torch.no_grad()
@@ -487,71 +489,21 @@ class LinearEval:
         return res
 
     def fit(self) -> dict:
-        from fastairl.data.base import accepts_start_batch
-        s, a = self.s, self.args
-        max_steps = a.max_steps
-        steps_this_run = 0
-        bar = None
-        if self.is_main and a.progress:
-            total = self.total_steps - self.global_step
-            if max_steps is not None:
-                total = min(total, max_steps)
-            bar = progress_bar(total, self.run_dir.name)
-        self._install_signal_handlers()
-        validated_at = None
-        epoch_done = self.start_epoch
-        try:
-            stopped = False
-            for epoch in range(self.start_epoch, s.epochs):
-                start_batch = self.start_batch if epoch == self.start_epoch else 0
-                if accepts_start_batch(self.train_loader):
-                    self.train_loader.set_epoch(epoch, start_batch)
-                else:
-                    self.train_loader.set_epoch(epoch)
-                self.head.train()
-                batch_idx = start_batch
-                t0, n_img = time.perf_counter(), 0
-                for views, labels in self.train_loader:
-                    out = self.train_step(views, labels, epoch)
-                    self.global_step += 1
-                    steps_this_run += 1
-                    batch_idx += 1
-                    n_img += labels.shape[0] * self.dist.world_size
-                    if bar is not None:
-                        bar.update(1)
-                    at_limit = max_steps is not None and steps_this_run >= max_steps
-                    if self.global_step % a.log_every == 0 or batch_idx == self.steps_per_epoch or at_limit:
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        el = max(time.perf_counter() - t0, 1e-9)
-                        rec = {"step": self.global_step, "epoch": epoch + batch_idx / self.steps_per_epoch,
-                               "loss": float(out["loss"]), "acc1": float(out["acc1"]), "lr": out["lr"],
-                               "images_per_s": n_img / el}
-                        self.logger.log(rec, self.global_step)
-                        if bar is not None:
-                            bar.set_postfix(epoch=f"{rec['epoch']:.2f}", loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
-                        t0, n_img = time.perf_counter(), 0
-                    if at_limit or self._stop_now():
-                        self.save_checkpoint(epoch, batch_idx)
-                        epoch_done = epoch + batch_idx / self.steps_per_epoch
-                        stopped = True
-                        break
-                if stopped:
-                    break
-                epoch_done = epoch + 1
-                best = False
-                if s.eval_every and epoch_done % s.eval_every == 0 or epoch_done == s.epochs:
-                    best = self.validate(epoch_done)["improved"]
-                    validated_at = epoch_done
-                self.save_checkpoint(epoch, self.steps_per_epoch, best=best)
-            if validated_at != epoch_done:
-                # stopped early (or resumed a finished run): still report a number for these weights
-                improved = self.validate(epoch_done)["improved"]
-                self.save_checkpoint(*self._pos, best=improved)
-            check_frozen(self.fingerprint, self.backbone)
-        finally:
-            if bar is not None:
-                bar.close()
+        """Train (the shared loop), validate where the run ends if it was not just validated,
+        and check the backbone is bit-for-bit what was loaded."""
+        from fastairl.runtime.loop import LoopSettings, run_loop
+        from fastairl.stop_signals import install_stop_handlers
+        settings = LoopSettings(epochs=self.s.epochs, steps_per_epoch=self.steps_per_epoch,
+                                log_every=self.args.log_every, name=self.run_dir.name,
+                                max_steps=self.args.max_steps, progress=self.args.progress)
+        install_stop_handlers(self)
+        self.validated_at = None
+        end = run_loop(self, self.train_loader, settings, self.start_epoch, self.start_batch).position
+        if self.validated_at != end:
+            # stopped early (or resumed a finished run): still report a number for these weights
+            improved = self.validate(end)["improved"]
+            self.save_checkpoint(*self._pos, best=improved)
+        check_frozen(self.fingerprint, self.backbone)
         result = {"best_acc1": self.best["acc1"], "best_acc5": self.best["acc5"], "best_epoch": self.best["epoch"],
                   "last_acc1": self.last_val["acc1"], "last_acc5": self.last_val["acc5"],
                   "last_epoch": self.last_val["epoch"], "steps": self.global_step,
@@ -560,17 +512,19 @@ class LinearEval:
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=2))
         return result
 
-    def _install_signal_handlers(self) -> None:
-        from fastairl.stop_signals import install_stop_handlers
-        install_stop_handlers(self)
+    def begin_epoch(self, epoch: int) -> None:
+        self.head.train()
 
-    def _stop_now(self) -> bool:
-        """Every rank must agree to stop at the same step."""
-        if not self.dist.distributed:
-            return self.stop_requested
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag)
-        return bool(flag.item() > 0)
+    def end_epoch(self, epoch: int) -> dict:
+        """Validate every ``eval_every`` epochs and after the last, then checkpoint (``best.pth``
+        too when top-1 improved)."""
+        done = epoch + 1
+        best = False
+        if self.s.eval_every and done % self.s.eval_every == 0 or done == self.s.epochs:
+            best = self.validate(done)["improved"]
+            self.validated_at = done
+        self.save_checkpoint(epoch, self.steps_per_epoch, best=best)
+        return {}
 
     def close(self) -> None:
         if self.logger is not None:
@@ -603,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = <output-dir>/<name>/last.pth; or a path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                   help="skip up to N steps with a non-finite loss/gradient instead of stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=20, help="log training metrics every N steps")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -324,6 +324,20 @@ def test_linear_eval_ddp_two_steps_resume_and_no_overwrite(pretrained, mini_data
                    "another backbone")
 
 
+def test_linear_eval_nonfinite_loss_stops_or_skips_as_pretraining_does(mini_data, tmp_path):
+    """The shared loop's non-finite policy: stop naming the intact checkpoint, or skip up to
+    --skip-nonfinite N steps (an infinite lr makes the classifier non-finite after one step)."""
+    args = LIN + ["--random-init", "--arch", "resnet18", "--data", str(mini_data), "--lr", "inf",
+                  "--max-steps", "8", "--eval-every", "0"]
+    res = run(args + ["--output-dir", str(tmp_path / "a")])
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "non-finite loss or gradient at step" in res.stderr and "lower --lr" in res.stderr
+    assert "is intact" in res.stderr and "Traceback" not in res.stderr
+    res = run(args + ["--output-dir", str(tmp_path / "b"), "--skip-nonfinite", "2"])
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert res.stderr.count("step skipped") == 2
+
+
 def test_linear_eval_bad_input(tmp_path):
     missing = tmp_path / "missing.pth"
     one_line_error(run(LIN + ["--ckpt", str(missing), "--output-dir", str(tmp_path)]), str(missing))

@@ -11,8 +11,9 @@ A loader is an iterable over batches for one rank. Each batch is ``(views, label
 * ``labels``: ``int64`` tensor ``(B,)`` on the training device.
 
 ``len(loader)`` is the number of batches per epoch on this rank (the last partial batch is
-dropped for training), and ``loader.set_epoch(e)`` must be called before iterating epoch
-``e`` so that every rank draws a new, disjoint shard order.
+dropped for training), and ``loader.set_epoch(e, start_batch)`` must be called before
+iterating epoch ``e`` so that every rank draws a new, disjoint shard order; ``start_batch``
+> 0 (a resume inside the epoch) skips that many batches without reading them.
 """
 from __future__ import annotations
 
@@ -48,14 +49,4 @@ class Loader(Protocol):
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
     def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-def accepts_start_batch(loader) -> bool:
-    """Whether ``loader.set_epoch`` takes ``start_batch`` (resume inside an epoch without
-    reading the skipped batches); loaders written before that argument take only the epoch."""
-    import inspect
-    try:
-        return "start_batch" in inspect.signature(loader.set_epoch).parameters
-    except (TypeError, ValueError):
-        return False
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
