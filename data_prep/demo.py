@@ -190,7 +190,7 @@ def report(args: argparse.Namespace, data: Path, loader: str, run_dir: Path, ove
     import torch
     from fastairl.demo_report import draw_summary, per_epoch, read_log, write_json_atomic
     from fastairl.engine import resolve_device
-    from fastairl.knn import knn_eval_encoder, load_encoder
+    from fastairl.eval.knn import knn_eval_encoder, load_encoder
 
     torch.set_num_threads(threads)
     device = resolve_device(args.device)

@@ -501,7 +501,7 @@ class _Batch:
 def _resolve_settings(opts: PreviewOptions) -> dict:
     """Experiment defaults + flags -> the values the loader and the grid use."""
     from fastairl.config import ConfigError
-    from fastairl.eval_scale import preview_config
+    from fastairl.eval.scale import preview_config
 
     if opts.exp is None and opts.recipe is None and opts.ckpt is None:
         raise PreviewError("give --exp NAME (the experiment's recipe and settings), --ckpt RUN.pth or --recipe NAME")

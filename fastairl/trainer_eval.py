@@ -11,7 +11,7 @@ import torch
 from .data import build_loader
 from .data.augment import normalize_uint8
 from .data.base import LoaderSpec
-from .knn import knn_eval_encoder
+from .eval.knn import knn_eval_encoder
 from .methods.supervised import topk_acc
 
 log = logging.getLogger("fastairl")

@@ -21,9 +21,11 @@ LAYERS = {
     "runtime": ["fastairl", "fastairl.runtime", "fastairl.distributed", "fastairl.logging_utils", "fastairl.stop_signals",
                 "fastairl.run_folder", "fastairl.cli_util", "fastairl.atomic_io", "fastairl.backbone_io",
                 "fastairl.checkpoint"],
-    "components": ["fastairl.data", "fastairl.eval_flags", "fastairl.encoders", "fastairl.models", "fastairl.methods", "fastairl.optim", "fastairl.config",
+    "components": ["fastairl.data", "fastairl.eval.flags", "fastairl.eval.encoders", "fastairl.eval_flags",
+                   "fastairl.encoders", "fastairl.models", "fastairl.methods", "fastairl.optim", "fastairl.config",
                    "fastairl.config_help", "fastairl.rank_check"],
-    "tasks": ["fastairl.engine", "fastairl.trainer_eval", "fastairl.trainer_state", "fastairl.knn", "fastairl.linear_eval", "fastairl.eval_scale"],
+    "tasks": ["fastairl.engine", "fastairl.trainer_eval", "fastairl.trainer_state", "fastairl.eval",
+              "fastairl.knn", "fastairl.linear_eval", "fastairl.eval_scale"],
     "tools": ["fastairl.train", "fastairl.preview", "fastairl.transfer", "fastairl.export_backbone", "fastairl.convert_detectron2",
               "fastairl.norm_rescale", "fastairl.demo_report"],
 }
