@@ -103,7 +103,7 @@ def test_bench_writes_under_outputs_bench_by_default(tmp_path, demo_root, umask0
 
 def test_preview_puts_bare_names_under_outputs_and_says_a_big_dumps_size(small_data, tmp_path, monkeypatch,  # noqa: F811
                                                                         capfd, umask022):
-    from fastairl import preview
+    from fastairl.preview import cli as preview  # main and the DUMP_NOTE_BYTES it reads
     monkeypatch.chdir(tmp_path)
     base = ["--exp", "byol", "--data", str(small_data), "--loader", "folder", "--pairs", "4", "--batch-size", "4",
             "--workers", "0", "--image-size", "32", "--device", "cpu"]

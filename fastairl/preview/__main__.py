@@ -1,0 +1,6 @@
+"""``python -m fastairl.preview``."""
+import sys
+
+from fastairl.preview.cli import main
+
+sys.exit(main())
