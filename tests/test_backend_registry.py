@@ -2,6 +2,7 @@
 reasons name the fix, and a new entry is a choice of ``--loader`` without further edits."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import fastairl.data as data
 from fastairl.data import registry
 from fastairl.data.base import LoaderSpec
-from tests.conftest import run_cli
+from conftest import run_cli
 
 #: What the bench printed in its "decode" column for each backend before the registry.
 BENCH_DECODE = {
@@ -199,7 +200,7 @@ def test_entries_are_checked_when_declared(scratch_registry):
         _tiny(package="somepkg")
     with pytest.raises(ValueError, match="already registered"):
         registry.register(_tiny("folder"))
-    with pytest.raises(Exception):  # frozen: an entry is changed by registering a new one, never in place
+    with pytest.raises(dataclasses.FrozenInstanceError):  # changed by registering anew, never in place
         registry.get("folder").output = "uint8"
 
 
