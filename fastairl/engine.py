@@ -93,7 +93,8 @@ class Trainer(RunStateMixin, EvalMixin, LoopTask):
                 log.warning("torchrun restart #%d: no checkpoint yet, starting the run again", restarts)
         self.data_root = resolve_data(opts.data)
         self.loader_name = choose_loader(opts.loader or cfg.loader, self.data_root, self.device.type)
-        if self.loader_name == "ffcv" and opts.data == "demo":
+        from .data.registry import needs_packed
+        if needs_packed(self.loader_name) and opts.data == "demo":
             from .data.demo_packed import ensure_demo_packed
             self.data_root = ensure_demo_packed(self.data_root)
         if cfg.sample_order != "random" and self.loader_name != "ffcv":

@@ -24,6 +24,7 @@ Ctrl-C (or SIGTERM) finishes the step, writes last.pth and prints the command th
 def build_parser():
     from fastairl.cli_util import ArgumentParser, HelpFormatter
     from fastairl.config_help import experiments_help
+    from fastairl.data import loader_names
 
     p = ArgumentParser(prog="fastairl/train.py", formatter_class=HelpFormatter,
                        description="Pre-train with fastairl (single process or torchrun).\n\nexperiments (--exp):\n"
@@ -40,7 +41,7 @@ def build_parser():
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True,
                    help="channels_last memory format")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory format")
-    p.add_argument("--loader", help="data backend: auto, folder, ffcv, nvjpeg, dali (default: the experiment's, auto)")
+    p.add_argument("--loader", help=f"data backend: {', '.join(loader_names())} (default: the experiment's, auto)")
     p.add_argument("--workers", type=int, help="loader worker processes per process (default: the experiment's "
                                                 "workers, capped at the CPU count)")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps in this invocation (checkpoint written)")

@@ -1,15 +1,28 @@
 """Data: recipes, loader backends and the batched augmentation module.
 
 ``resolve_data(arg)`` turns ``--data`` into a folder; ``build_loader(name, spec)`` picks
-the backend. ``auto`` prefers the fastest backend that can run here and logs why.
+the backend. ``auto`` prefers the fastest backend that can run here and logs why. What
+each backend is lives in :mod:`fastairl.data.registry`; the names here are read from it.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from . import registry
+
 log = logging.getLogger(__name__)
-LOADERS = ("auto", "folder", "ffcv", "nvjpeg", "dali")
+
+
+def loader_names() -> tuple[str, ...]:
+    """``--loader`` choices: ``auto`` and every registered backend."""
+    return ("auto",) + registry.names()
+
+
+def __getattr__(name: str):
+    if name == "LOADERS":  # read when asked, so that a backend registered later is a choice too
+        return loader_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_data(arg: str) -> Path:
@@ -31,42 +44,30 @@ def has_packed(root: Path) -> bool:
 
 
 def choose_loader(name: str, root: Path, device_type: str) -> str:
-    if name not in LOADERS:
-        raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
+    if name not in loader_names():
+        raise ValueError(f"--loader {name}: unknown; choose one of {loader_names()}")
     if name != "auto":
         return name
     if device_type == "cuda":
-        from .dali_loader import dali_problem
-        why = dali_problem("cuda")
-        if why is None:
+        ok, why = registry.available("dali", "cuda")
+        if ok:
             log.info("--loader auto: GPU present and NVIDIA DALI usable: decoding on the GPU with DALI (dali loader)")
             return "dali"
         log.info("--loader auto: GPU present but DALI cannot run (%s): decoding with torchvision's nvJPEG "
                  "(nvjpeg loader)", why)
         return "nvjpeg"
     if has_packed(root):
-        try:
-            import ffcv  # noqa: F401
+        ok, why = registry.available("ffcv", device_type)
+        if ok:
             log.info("--loader auto: using ffcv (found %s/train.beton)", root)
             return "ffcv"
-        except ImportError:
-            log.warning("--loader auto: %s/train.beton exists but ffcv is not installed", root)
+        log.warning("--loader auto: %s/train.beton exists but ffcv cannot run here: %s", root, why)
     log.info("--loader auto: using folder (reference-style PIL loader)")
     return "folder"
 
 
 def build_loader(name: str, spec):
     """The loader ``name`` for one rank, from a :class:`fastairl.data.base.LoaderSpec`."""
-    if name == "folder":
-        from .folder import FolderLoader
-        return FolderLoader(spec)
-    if name == "ffcv":
-        from .ffcv_loader import build_ffcv_loader
-        return build_ffcv_loader(spec)
-    if name == "nvjpeg":
-        from .nvjpeg_loader import build_nvjpeg_loader
-        return build_nvjpeg_loader(spec)
-    if name == "dali":
-        from .dali_loader import build_dali_loader
-        return build_dali_loader(spec)
-    raise ValueError(f"--loader {name}: unknown; choose one of {LOADERS}")
+    if name not in registry.names():
+        raise ValueError(f"--loader {name}: unknown; choose one of {loader_names()}")
+    return registry.build(name, spec)

@@ -87,14 +87,16 @@ from .dali_pipeline import _DALI_IMPORT_ERROR, _dali_backend, _dali_reason, _Dal
 from .dali_sources import _Bad, _BetonSource, _FolderSource, _Item
 from .jpeg_source import JpegLoaderBase
 from .recipes import eval_resize_size
+from .registry import get as _backend
+from .registry import missing_message
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DaliLoader", "DaliUnavailableError", "build_dali_loader", "dali_available", "dali_problem",
            "eval_geometry", "require_dali", "INSTALL_HINT"]
 
-#: What to run when DALI is missing (matches requirements.txt / make venv).
-INSTALL_HINT = "pip install nvidia-dali-cuda130 (or run `make venv`)"
+#: What to run when DALI is missing (the registry's entry, matching requirements.txt / make venv).
+INSTALL_HINT = _backend("dali").install
 #: Batches in flight inside DALI (override with ``spec.extra["prefetch"]``).
 DEFAULT_PREFETCH = 2
 
@@ -114,10 +116,7 @@ def require_dali(device: torch.device | str = "cpu") -> None:
     """Raise :class:`DaliUnavailableError` naming exactly what is missing for ``device``."""
     device = torch.device(device)
     if _DALI_IMPORT_ERROR is not None:
-        where = "a GPU run" if device.type == "cuda" else "its CPU mode"
-        raise DaliUnavailableError(
-            f"--loader dali: NVIDIA DALI is not importable ({type(_DALI_IMPORT_ERROR).__name__}: "
-            f"{_DALI_IMPORT_ERROR}); {where} needs it: {INSTALL_HINT}; or choose --loader nvjpeg/ffcv/folder")
+        raise DaliUnavailableError(missing_message("dali", device, _DALI_IMPORT_ERROR))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DaliUnavailableError(

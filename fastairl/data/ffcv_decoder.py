@@ -20,6 +20,7 @@ import torch
 
 from fastairl.data.ffcv_kernels import _dct_denominator, eval_box, resize_box
 from fastairl.data.recipes import eval_resize_size
+from fastairl.data.registry import missing_message
 
 # ffcv's compiler sets torch's thread count to 1 when imported (and to the worker count
 # when a loader is built); the training process's own torch threads must not change.
@@ -41,11 +42,7 @@ __all__ = ["MultiViewCropDecoder", "PARAM_COLUMNS", "decode_jpeg", "require_ffcv
 def require_ffcv() -> None:
     """Raise a one-line, actionable ImportError if ffcv cannot be imported here."""
     if _FFCV_IMPORT_ERROR is not None:
-        raise ImportError(
-            f"ffcv is not importable ({type(_FFCV_IMPORT_ERROR).__name__}: {_FFCV_IMPORT_ERROR}); "
-            "run `make venv` (it installs the system packages pkg-config libopencv-dev "
-            "libturbojpeg0-dev with apt and then ffcv==1.0.2), or use the `folder` data backend"
-        ) from _FFCV_IMPORT_ERROR
+        raise ImportError(missing_message("ffcv", error=_FFCV_IMPORT_ERROR)) from _FFCV_IMPORT_ERROR
 
 
 def decode_jpeg(data: np.ndarray, height: int, width: int, denominator: int = 1) -> np.ndarray:

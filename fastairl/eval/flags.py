@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from fastairl.data import LOADERS
+from fastairl.data import loader_names
 from fastairl.eval.encoders import ENCODER_CHOICES
 from fastairl.models.resnet import ARCHS
 
@@ -28,7 +28,7 @@ def add_device_flags(p: argparse.ArgumentParser, amp_what: str, workers: int) ->
                    help=f"autocast for {amp_what} (default: bf16 on GPUs that support it, off on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=True)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--loader", default="auto", choices=list(LOADERS), help="data backend")
+    p.add_argument("--loader", default="auto", choices=list(loader_names()), help="data backend")
     p.add_argument("--workers", type=int, default=workers, help="loader worker processes per process")
 
 
