@@ -139,12 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                                                            val_per_class=args.images_per_class[1])
     data = ensure_demo_data(seed=args.seed, **sizes)
     loader = args.loader
-    if loader == "ffcv":
-        try:
-            import ffcv  # noqa: F401
-        except ImportError as e:
-            print(f"[demo] --loader ffcv needs ffcv ({e}); drop the flag to use the folder loader",
-                  file=sys.stderr)
+    from fastairl.data.registry import missing_message, names, needs_packed
+    if loader in names() and needs_packed(loader):  # an unknown name: train.py says so
+        why = missing_message(loader)
+        if why:
+            print(f"[demo] {why}; drop the flag to use the folder loader", file=sys.stderr)
             return 2
         from fastairl.data.demo_packed import ensure_demo_packed
         data = ensure_demo_packed(data)

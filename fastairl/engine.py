@@ -24,6 +24,7 @@ from . import checkpoint as ckpt_io
 from . import distributed as fdist
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
+from .data import registry
 from .data.base import LoaderSpec
 from .logging_utils import RunLogger
 from .methods import build_method, method_class
@@ -93,13 +94,14 @@ class Trainer(RunStateMixin, EvalMixin, LoopTask):
                 log.warning("torchrun restart #%d: no checkpoint yet, starting the run again", restarts)
         self.data_root = resolve_data(opts.data)
         self.loader_name = choose_loader(opts.loader or cfg.loader, self.data_root, self.device.type)
-        from .data.registry import needs_packed
-        if needs_packed(self.loader_name) and opts.data == "demo":
+        if registry.needs_packed(self.loader_name) and opts.data == "demo":
             from .data.demo_packed import ensure_demo_packed
             self.data_root = ensure_demo_packed(self.data_root)
-        if cfg.sample_order != "random" and self.loader_name != "ffcv":
-            raise UserError(f"sample_order={cfg.sample_order} is ffcv's page-aware order; the {self.loader_name} "
-                            f"loader always uses a full random permutation (use --loader ffcv or sample_order=random)")
+        if cfg.sample_order not in registry.get(self.loader_name).orders:
+            able = [n for n in registry.names() if cfg.sample_order in registry.get(n).orders]
+            raise UserError(f"sample_order={cfg.sample_order} is {'/'.join(able)}'s page-aware order; the "
+                            f"{self.loader_name} loader always uses a full random permutation (use --loader "
+                            f"{able[0]} or sample_order=random)")
         workers = opts.workers if opts.workers is not None else cfg.workers
         spec = LoaderSpec(root=str(self.data_root), split="train", recipe=cfg.recipe, image_size=cfg.image_size,
                           batch_size=self.local_batch, rank=d.rank, world_size=d.world_size,

@@ -212,3 +212,14 @@ def test_reading_the_registry_imports_no_optional_package():
     r = run_cli(["-c", code], timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_the_page_aware_order_is_refused_by_a_backend_that_cannot_draw_it(tmp_path):
+    """sample_order is checked against the backends' declared orders, naming the one that has it."""
+    assert "quasi_random" in registry.get("ffcv").orders
+    assert registry.get("folder").orders == ("random",)
+    res = run_cli(["fastairl/train.py", "--exp", "byol", "--data", "demo", "--loader", "folder", "--device", "cpu",
+                   "--output-dir", str(tmp_path), "--set", "sample_order=quasi_random", "--max-steps", "1"])
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "sample_order=quasi_random is ffcv's page-aware order" in res.stderr and "--loader ffcv" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -57,6 +57,7 @@ class Backend:
     package: str | None = None
     pip: str | None = None
     install: str | None = None
+    orders: tuple[str, ...] = ("random",)  # the config's sample_order values it can draw
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -181,7 +182,8 @@ register(Backend("ffcv", "uint8", decode_cpu="CPU (ffcv)", decode_cuda="CPU (ffc
                  module="fastairl.data.ffcv_loader", factory=_lazy("fastairl.data.ffcv_loader", "build_ffcv_loader"),
                  check=base_check, title="ffcv", package="ffcv", pip="ffcv==1.0.2",
                  install="run `make venv` (it installs the system packages pkg-config libopencv-dev "
-                         "libturbojpeg0-dev with apt and then pip install ffcv==1.0.2)"))
+                         "libturbojpeg0-dev with apt and then pip install ffcv==1.0.2)",
+                 orders=("random", "quasi_random")))
 register(Backend("nvjpeg", "uint8", decode_cpu="CPU (torchvision)", decode_cuda="GPU (nvJPEG)", packed=False,
                  module="fastairl.data.nvjpeg_loader",
                  factory=_lazy("fastairl.data.nvjpeg_loader", "build_nvjpeg_loader"), check=base_check))

@@ -68,8 +68,10 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _packed_if_needed(name: str, data: str, root: Path) -> Path:
-    """The data root the ``name`` loader reads: ``ffcv`` on the demo reads the demo packed once (cached)."""
-    if name == "ffcv" and data == "demo" and not (root / "train.beton").is_file():
+    """The data root the ``name`` loader reads: a backend that needs packed files reads the
+    demo packed once (cached)."""
+    from fastairl.data.registry import needs_packed
+    if needs_packed(name) and data == "demo" and not (root / "train.beton").is_file():
         return ensure_demo_packed(root)
     return root
 
