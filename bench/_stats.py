@@ -1,5 +1,5 @@
-"""Window statistics of the bench (pure functions, no torch): kept apart from
-``bench/throughput.py`` so that its helper modules (``bench/_honesty.py``) can use them
+"""Window statistics of the bench and how the report writes them (pure functions, no
+torch): kept apart from ``bench/throughput.py`` so that its helper modules can use them
 without importing the script itself, which also runs as ``__main__``."""
 from __future__ import annotations
 
@@ -27,3 +27,31 @@ def ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den <= 0:
         return None
     return float(num) / float(den)
+
+
+def _median(stats: dict | None) -> float | None:
+    return None if not stats else stats.get("median")
+
+
+def fmt_num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def fmt_stats(st: dict | None) -> str:
+    if not st:
+        return "-"
+    return f"{fmt_num(st['median'])} [{fmt_num(st['min'])}-{fmt_num(st['max'])}]"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"x{x:.2f}"
+
+
+def fmt_pct(st: dict | None) -> str:
+    return "-" if not st else f"{st['median'] * 100:.0f}%"

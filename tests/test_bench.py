@@ -367,3 +367,15 @@ def test_a_failing_row_fails_a_torchrun_worker(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(Exception, match="no_such_exp"):
         tp.bench_train_row(plan, _settings(), torch.device("cpu"), tmp_path, 1)
+
+
+def test_bench_modules_form_no_import_cycle_and_stay_small():
+    """bench/ is a package of small modules under one command line: no two of them import
+    each other (function-level imports included), and each stays within the line limit."""
+    from test_layering import cycles, import_graph
+    graph = import_graph(REPO / "bench")
+    assert "bench._backends" in graph and "bench.throughput" in graph
+    assert not cycles(graph), cycles(graph)
+    assert not any("bench.throughput" in deps for deps in graph.values())  # the script is imported by no part
+    long = [f.name for f in (REPO / "bench").glob("*.py") if len(f.read_text().splitlines()) > 400]
+    assert not long, long
