@@ -77,7 +77,7 @@ from bench._variants import loader_variants
 
 # The names below were defined in this file before it was split; they stay reachable as
 # ``throughput.<name>`` for the tests and for code written against the single file.
-from bench._backends import _PACKAGES, BACKENDS, backend_missing  # noqa: F401
+from bench._backends import BACKENDS, backend_missing  # noqa: F401
 from bench._common import _one_line  # noqa: F401
 from bench._data import _count_train_images, _photo_set  # noqa: F401
 from bench._loader_rows import _loader_window  # noqa: F401

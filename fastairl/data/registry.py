@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 __all__ = ["Backend", "OUTPUTS", "available", "base_check", "build", "decode_label", "get", "missing_message",
-           "names", "needs_packed", "package_error", "register"]
+           "names", "needs_packed", "package_error", "register", "sources"]
 
 #: The two batch kinds of the contract in :mod:`fastairl.data.base`.
 OUTPUTS = ("uint8", "normalized")
@@ -58,6 +58,7 @@ class Backend:
     pip: str | None = None
     install: str | None = None
     orders: tuple[str, ...] = ("random",)  # the config's sample_order values it can draw
+    reads_packed: bool = True    # can read packed files (False: image folders only)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -135,6 +136,12 @@ def decode_label(name: str, device) -> str:
     return b.decode_cuda if _device_type(device) == "cuda" else b.decode_cpu
 
 
+def sources(name: str) -> tuple[str, ...]:
+    """What backend ``name`` reads: ``"folder"`` (train/<class>/*.jpg), ``"packed"`` (train.beton)."""
+    b = get(name)
+    return ("packed",) if b.packed else ("folder", "packed") if b.reads_packed else ("folder",)
+
+
 def needs_packed(name: str) -> bool:
     """Whether backend ``name`` reads only packed files (``--data demo`` is packed for it)."""
     return get(name).packed
@@ -177,7 +184,7 @@ def _dali_check(backend: Backend, device: str) -> tuple[bool, str | None]:
 
 register(Backend("folder", "normalized", decode_cpu="CPU (PIL)", decode_cuda="CPU (PIL)", packed=False,
                  module="fastairl.data.folder", factory=_lazy("fastairl.data.folder", "FolderLoader"),
-                 check=base_check))
+                 check=base_check, reads_packed=False))
 register(Backend("ffcv", "uint8", decode_cpu="CPU (ffcv)", decode_cuda="CPU (ffcv)", packed=True,
                  module="fastairl.data.ffcv_loader", factory=_lazy("fastairl.data.ffcv_loader", "build_ffcv_loader"),
                  check=base_check, title="ffcv", package="ffcv", pip="ffcv==1.0.2",
