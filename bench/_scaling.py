@@ -60,7 +60,7 @@ def run_scaling(s: Settings, single: list[dict], workdir: Path) -> list[dict]:
 
 def worker_main(spec_path: str) -> int:
     """One torchrun rank: the training rows of the scaling subset; rank 0 writes the result."""
-    from fastairl import distributed as fdist
+    from fastairl.runtime import distributed as fdist
     rank = int(os.environ.get("RANK", "0"))
     _configure_logging(rank)
     spec = json.loads(Path(spec_path).read_text())

@@ -29,7 +29,7 @@ _first_train_row = True
 def bench_train_row(p: TrainRowPlan, s: Settings, device: torch.device, workdir: Path, index: int) -> dict:
     """Images/s of ``Trainer.train_step`` for one row (a Trainer built by its own ``setup``)."""
     global _first_train_row
-    from fastairl import distributed as fdist
+    from fastairl.runtime import distributed as fdist
     from fastairl.data.recipes import get_recipe
     from fastairl.engine import RunOptions, Trainer
     world = int(os.environ.get("WORLD_SIZE", "1"))

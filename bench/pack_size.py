@@ -47,7 +47,7 @@ IMAGENET = {"train": 1_281_167, "val": 50_000}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fastairl.cli_util import ArgumentParser, HelpFormatter
+    from fastairl.runtime.cli_util import ArgumentParser, HelpFormatter
     p = ArgumentParser(prog="bench/pack_size.py", formatter_class=HelpFormatter,
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--n-images", type=int, default=2000, help="photo-set size (about 1/8 of it val)")
@@ -150,7 +150,7 @@ def measure(root: Path, max_side: int, quality: int, workers: int, repeats: int)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from fastairl.cli_util import error
+    from fastairl.runtime.cli_util import error
     host = socket.gethostname().split(".")[0] or "host"
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
     out = args.out or Path("outputs") / "bench" / f"pack_size-{host}-{stamp}.json"

@@ -94,7 +94,7 @@ from bench._variants import Variant, _build_spec, _decode_where, _workers_for, v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastairl.cli_util import ArgumentParser  # the one error line of every tool
+    from fastairl.runtime.cli_util import ArgumentParser  # the one error line of every tool
     p = ArgumentParser(
         prog="bench/throughput.py",
         description="Loader and training-step throughput of fastairl next to the reference-style pipeline "
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, argv)
     except (BenchError, ConfigError) as e:
-        from fastairl.cli_util import error
+        from fastairl.runtime.cli_util import error
         return error(e)
     except KeyboardInterrupt:
         print("bench/throughput.py: interrupted; nothing written", file=sys.stderr)

@@ -24,7 +24,7 @@ try:
 except ImportError:  # run as a file from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastairl.cli_util import ArgumentParser, error  # noqa: E402
+from fastairl.runtime.cli_util import ArgumentParser, error  # noqa: E402
 from fastairl.data.cache import read_done
 
 __all__ = ["add_output_flags", "int_at_least", "make_folder", "new_parser", "start_logging"]

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from fastairl.data.demo import ensure_demo_data
-    from fastairl.logging_utils import setup_console
+    from fastairl.runtime.logging_utils import setup_console
 
     setup_console(0)
     t0 = time.time()

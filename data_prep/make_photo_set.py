@@ -23,7 +23,7 @@ if _HERE not in sys.path:  # loaded by path (tests) rather than run as a file: f
 
 from _cli import add_output_flags, int_at_least, make_folder, new_parser, start_logging  # noqa: E402
 # (importing _cli also makes fastairl importable from a checkout)
-from fastairl.cli_util import error  # noqa: E402
+from fastairl.runtime.cli_util import error  # noqa: E402
 from fastairl.data.photos import default_photo_root, export_source_photos, make_photo_set  # noqa: E402
 
 

@@ -26,7 +26,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
     p = ArgumentParser(prog="write_ffcv.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True,
                    help="ImageNet-style folder with train/<class>/* and val/<class>/*, or 'demo'")
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from fastairl.cli_util import error
+    from fastairl.runtime.cli_util import error
     from fastairl.data.ffcv_writer import OutputExistsError, format_summary, write_ffcv
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]

@@ -309,10 +309,10 @@ def detect_arch(backbone: Mapping[str, torch.Tensor]) -> str:
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], overwrite: bool) -> Path:
     """Write through a temp file in the target directory, then move it into place
-    (:func:`fastairl.atomic_io.atomic_write`: never a prefix, the usual file mode, and
+    (:func:`fastairl.runtime.atomic_io.atomic_write`: never a prefix, the usual file mode, and
     without ``overwrite`` published by a hard link so not even a concurrent writer is
     clobbered)."""
-    from .atomic_io import atomic_write
+    from .runtime.atomic_io import atomic_write
     return atomic_write(path, write, overwrite=overwrite)
 
 

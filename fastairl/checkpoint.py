@@ -29,7 +29,7 @@ def atomic_torch_save(obj, path: Path, verify: bool = False) -> None:
     """Write to a temp file in the same folder, fsync, verify, then rename over ``path``: a
     crash or a full disk mid-write leaves the previous file intact. ``verify`` re-opens the
     temp file (memory-mapped, so cheap) and checks its size and top-level keys."""
-    from .atomic_io import atomic_write
+    from .runtime.atomic_io import atomic_write
 
     def write(f) -> None:
         try:

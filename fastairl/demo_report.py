@@ -50,7 +50,7 @@ def per_epoch(records: list[dict]) -> list[dict]:
 
 def write_json_atomic(obj: dict, path: Path) -> Path:
     """``obj`` as indented JSON at ``path``, through the one atomic writer."""
-    from .atomic_io import atomic_write_text
+    from .runtime.atomic_io import atomic_write_text
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
@@ -84,7 +84,7 @@ def draw_summary(result: dict, path: Path) -> Path:
     fig.suptitle(f"fastairl demo: {result['exp']}, seed {result['seed']}: pre-trained "
                  f"{result['pretrained']['acc1']:.2f} vs random init {result['random_init']['acc1']:.2f}")
     fig.tight_layout()
-    from .atomic_io import atomic_write
+    from .runtime.atomic_io import atomic_write
     try:
         path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:

@@ -21,12 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from . import distributed as fdist
+from .runtime import distributed as fdist
 from .config import Config, reference_warnings
 from .data import build_loader, choose_loader, resolve_data
 from .data import registry
 from .data.base import LoaderSpec
-from .logging_utils import RunLogger
+from .runtime.logging_utils import RunLogger
 from .methods import build_method, method_class
 from .methods.supervised import topk_acc
 from .optim import lr_at
@@ -36,8 +36,8 @@ from .runtime.loop import STOP_CHECK_EVERY, LoopSettings, LoopTask, NonFiniteGua
 from .optim.build import build_optimizer
 from .trainer_eval import EvalMixin
 from .trainer_state import CheckpointWriteError, RunStateMixin, code_version  # noqa: F401 (re-exported)
-from .run_folder import discard_start_files, missing_checkpoint_message, prepare_run_dir
-from .stop_signals import install_stop_handlers
+from .runtime.run_folder import discard_start_files, missing_checkpoint_message, prepare_run_dir
+from .runtime.stop_signals import install_stop_handlers
 
 log = logging.getLogger("fastairl")
 

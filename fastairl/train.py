@@ -22,7 +22,7 @@ Ctrl-C (or SIGTERM) finishes the step, writes last.pth and prints the command th
 
 
 def build_parser():
-    from fastairl.cli_util import ArgumentParser, HelpFormatter
+    from fastairl.runtime.cli_util import ArgumentParser, HelpFormatter
     from fastairl.config_help import experiments_help
     from fastairl.data import loader_names
 
@@ -91,14 +91,14 @@ def resolve_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fastairl import distributed as fdist
-    from fastairl.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
+    from fastairl.runtime import distributed as fdist
+    from fastairl.runtime.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
     from fastairl.config import ConfigError
     from fastairl.data.folder import BadDataError
     from fastairl.engine import RunOptions, Trainer, UserError
-    from fastairl.logging_utils import setup_console
+    from fastairl.runtime.logging_utils import setup_console
     from fastairl.rank_check import RankDivergenceError
-    from fastairl.stop_signals import interrupted
+    from fastairl.runtime.stop_signals import interrupted
 
     setup_console(int(os.environ.get("RANK", "0")))
     log = logging.getLogger("fastairl")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt_message(trainer) -> str:
     """Ctrl-C outside the loop's handler: while starting, or a second Ctrl-C."""
-    from fastairl.cli_util import resume_command
+    from fastairl.runtime.cli_util import resume_command
     last = trainer.run_dir / "last.pth" if trainer is not None and hasattr(trainer, "run_dir") else None
     have = last is not None and last.is_file()
     if trainer is not None and trainer.stop_requested:

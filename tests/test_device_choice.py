@@ -6,7 +6,7 @@ read torch.cuda's answers, so the tests give them the answers of particular GPUs
 import pytest
 import torch
 
-from fastairl import distributed as fdist
+from fastairl.runtime import distributed as fdist
 from fastairl.engine import cuda_bf16_native, resolve_amp
 
 CUDA = torch.device("cuda", 0)

@@ -18,9 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Layers, bottom first. A module may import its own layer or a lower one (cycles aside).
 #: A package name covers all of its modules unless a module is named itself.
 LAYERS = {
-    "runtime": ["fastairl", "fastairl.runtime", "fastairl.distributed", "fastairl.logging_utils", "fastairl.stop_signals",
-                "fastairl.run_folder", "fastairl.cli_util", "fastairl.atomic_io", "fastairl.backbone_io",
-                "fastairl.checkpoint"],
+    "runtime": ["fastairl", "fastairl.runtime", "fastairl.backbone_io", "fastairl.checkpoint"],
     "components": ["fastairl.data", "fastairl.eval.flags", "fastairl.eval.encoders", "fastairl.eval_flags",
                    "fastairl.encoders", "fastairl.models", "fastairl.methods", "fastairl.optim", "fastairl.config",
                    "fastairl.config_help", "fastairl.rank_check"],
@@ -194,6 +192,6 @@ def test_the_checker_finds_a_cycle_however_it_is_written(tmp_path, how):
 def test_the_checker_finds_an_upward_import(monkeypatch):
     """A runtime helper that imports a task is reported, naming both modules and layers."""
     graph = {m: set(d) for m, d in GRAPH.items()}
-    graph["fastairl.distributed"].add("fastairl.engine")
+    graph["fastairl.runtime.distributed"].add("fastairl.engine")
     bad = upward_imports(graph)
-    assert "fastairl.distributed (runtime) imports fastairl.engine (tasks)" in bad
+    assert "fastairl.runtime.distributed (runtime) imports fastairl.engine (tasks)" in bad

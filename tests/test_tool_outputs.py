@@ -32,7 +32,7 @@ def umask022():
 
 
 def test_every_atomic_writer_honours_the_umask(tmp_path):
-    from fastairl.atomic_io import atomic_write
+    from fastairl.runtime.atomic_io import atomic_write
     from fastairl.backbone_io import atomic_pickle, atomic_save
     from fastairl.checkpoint import atomic_torch_save
 
@@ -132,7 +132,7 @@ def test_packed_files_and_a_cut_log_get_the_usual_mode(small_data, tmp_path):  #
     and no temp file left beside them."""
     pytest.importorskip("ffcv", reason="ffcv 1.0.2 (make venv) is needed to pack")
     from fastairl.data.ffcv_writer import write_ffcv
-    from fastairl.logging_utils import drop_after_step
+    from fastairl.runtime.logging_utils import drop_after_step
 
     log = tmp_path / "log.jsonl"
     log.write_text("".join(f'{{"step": {i}}}\n' for i in range(1, 6)))

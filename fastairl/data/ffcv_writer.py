@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from fastairl.atomic_io import atomic_path, atomic_write_text
+from fastairl.runtime.atomic_io import atomic_path, atomic_write_text
 
 #: File extensions torchvision's ImageFolder accepts (case-insensitive).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

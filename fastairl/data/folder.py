@@ -203,7 +203,7 @@ class FolderLoader:
 
     def _make_loader(self):
         spec = self.spec
-        from ..stop_signals import worker_ignores_sigint
+        from ..runtime.stop_signals import worker_ignores_sigint
         workers = cap_workers(spec.workers)
         self.loader = DataLoader(
             self.dataset, batch_size=spec.batch_size, sampler=self.sampler, num_workers=workers,

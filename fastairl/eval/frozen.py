@@ -8,7 +8,7 @@ import hashlib
 import torch
 import torch.nn as nn
 
-from fastairl import distributed as fdist
+from fastairl.runtime import distributed as fdist
 
 
 class BackboneChangedError(RuntimeError):

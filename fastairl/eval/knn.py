@@ -43,7 +43,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from fastairl import distributed as fdist
+from fastairl.runtime import distributed as fdist
 from fastairl.data.augment import normalize_uint8
 from fastairl.eval.scale import load_eval_encoder, prepare_eval_args
 from fastairl.eval.encoders import ENCODER_CHOICES, load_encoder, resolve_encoder_name  # noqa: F401 (re-exported)
@@ -309,7 +309,7 @@ def knn_eval_encoder(encoder: Encoder, data_root, image_size: int, batch_size: i
 # --------------------------------------------------------------------------- checkpoints
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
     p = ArgumentParser(prog="python -m fastairl.knn",
                                 description="Weighted kNN evaluation (k=200, T=0.07) of a checkpoint's backbone; "
                                             "single process or torchrun.")
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastairl.data import resolve_data
     from fastairl.runtime.device import resolve_amp, resolve_device
     from fastairl.runtime.errors import UserError
-    from fastairl.logging_utils import setup_console
+    from fastairl.runtime.logging_utils import setup_console
 
     setup_console(int(os.environ.get("RANK", "0")))
     try:
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"top-1 {res['acc1']:.2f} top-5 {res['acc5']:.2f}", flush=True)
         return 0
     except (CheckpointError, UserError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        from fastairl.cli_util import error
+        from fastairl.runtime.cli_util import error
         return error(e)
     finally:
         fdist.teardown()

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastairl import distributed as fdist
+from fastairl.runtime import distributed as fdist
 from fastairl.data.augment import normalize_uint8
 from fastairl.eval.frozen import BackboneChangedError, check_frozen, tensor_fingerprint  # noqa: F401
 from fastairl.eval.knn import autocast, gather_unique, shard_indices, topk_hits
@@ -127,7 +127,7 @@ class LinearEval(LoopTask):
         self._pos = (0, 0)  # (epoch, batch) of the newest checkpoint
         if a.resume:
             self._resume(a.resume)
-        from fastairl.logging_utils import RunLogger
+        from fastairl.runtime.logging_utils import RunLogger
         self.logger = RunLogger(self.run_dir, self.is_main, purge_step=self.global_step or None)
         if self.is_main:
             (self.run_dir / "args.json").write_text(json.dumps(
@@ -143,13 +143,13 @@ class LinearEval(LoopTask):
                      f" x0.1 at epochs {list(s.milestones)}" if s.schedule == "multistep" else "", self.run_dir)
 
     def _prepare_run_dir(self) -> None:
-        from fastairl.run_folder import prepare_run_dir
+        from fastairl.runtime.run_folder import prepare_run_dir
         self.run_dir_fresh = prepare_run_dir(self.run_dir, self.is_main, bool(self.args.resume),
                                              self.args.overwrite, where="--output-dir / --name")
 
     def discard_failed_start(self) -> None:
         """A start that failed before its first step and checkpoint removes what it wrote."""
-        from fastairl.run_folder import discard_start_files
+        from fastairl.runtime.run_folder import discard_start_files
         run_dir = getattr(self, "run_dir", None)
         if (not (self.is_main and getattr(self, "run_dir_fresh", False)) or getattr(self, "global_step", 0)
                 or run_dir is None or (run_dir / "last.pth").exists()):
@@ -162,7 +162,7 @@ class LinearEval(LoopTask):
     def _resume(self, which: str) -> None:
         from fastairl.runtime.errors import UserError
         from fastairl.backbone_io import load_checkpoint
-        from fastairl.run_folder import missing_checkpoint_message
+        from fastairl.runtime.run_folder import missing_checkpoint_message
         path = self.run_dir / "last.pth" if which == "auto" else Path(which)
         if not path.is_file():
             raise UserError(missing_checkpoint_message(path, which == "auto"))
@@ -292,7 +292,7 @@ class LinearEval(LoopTask):
         """Train (the shared loop), validate where the run ends if it was not just validated,
         and check the backbone is bit-for-bit what was loaded."""
         from fastairl.runtime.loop import LoopSettings, run_loop
-        from fastairl.stop_signals import install_stop_handlers
+        from fastairl.runtime.stop_signals import install_stop_handlers
         settings = LoopSettings(epochs=self.s.epochs, steps_per_epoch=self.steps_per_epoch,
                                 log_every=self.args.log_every, name=self.run_dir.name,
                                 max_steps=self.args.max_steps, progress=self.args.progress)

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from fastairl import distributed as fdist
+from fastairl.runtime import distributed as fdist
 from fastairl.eval.frozen import BackboneChangedError, changed_tensors, check_frozen, tensor_fingerprint  # noqa: F401
 from fastairl.eval.knn import add_device_flags, add_encoder_flags
 from fastairl.eval.linear import CKPT_KIND, EXIT_BACKBONE_CHANGED, EXIT_USER, LinearEval  # noqa: F401
@@ -20,7 +20,7 @@ log = logging.getLogger("fastairl")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
     p = ArgumentParser(prog="python -m fastairl.linear_eval",
                                 description="Linear evaluation of a frozen backbone (the reference protocol); "
                                             "single process or torchrun.")
@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastairl.backbone_io import CheckpointError
-    from fastairl.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
+    from fastairl.runtime.cli_util import EXIT_INTERRUPTED, error, report_stop, stopped
     from fastairl.runtime.errors import UserError
-    from fastairl.logging_utils import setup_console
-    from fastairl.stop_signals import interrupted
+    from fastairl.runtime.logging_utils import setup_console
+    from fastairl.runtime.stop_signals import interrupted
 
     setup_console(int(os.environ.get("RANK", "0")))
     run = None

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed as fdist
+from ..runtime import distributed as fdist
 from .base import SiameseMethod, loss_precision, upcast
 
 

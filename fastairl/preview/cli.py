@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fastairl.atomic_io import DUMP_NOTE_BYTES, atomic_write, default_output_path, tensor_bytes
+from fastairl.runtime.atomic_io import DUMP_NOTE_BYTES, atomic_write, default_output_path, tensor_bytes
 from fastairl.preview.grid import render_grid
 from fastairl.preview.pairs import collect
 from fastairl.preview.result import PreviewError, PreviewOptions, save_dump
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fastairl.data import LOADERS
     from fastairl.data.recipes import RECIPES
 
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
 
     p = ArgumentParser(
         prog="python -m fastairl.preview",
@@ -69,7 +69,7 @@ def _check_output(flag: str, value: str | None, suffix: str | None, overwrite: b
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fastairl.logging_utils import setup_console
+    from fastairl.runtime.logging_utils import setup_console
 
     setup_console(0)
     try:
@@ -106,5 +106,5 @@ def main(argv: list[str] | None = None) -> int:
             print(format_stats(compute_stats(res.as_dump()), res.meta))
         return 0
     except (PreviewError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError, ImportError) as e:
-        from fastairl.cli_util import error
+        from fastairl.runtime.cli_util import error
         return error(e)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fastairl.atomic_io import atomic_write
+from fastairl.runtime.atomic_io import atomic_write
 from fastairl.data.augment import to_grayscale
 from fastairl.data.recipes import MEAN, STD
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..logging_utils import progress_bar
+from .logging_utils import progress_bar
 
 log = logging.getLogger("fastairl")
 
@@ -25,9 +25,9 @@ STOP_CHECK_EVERY = 5
 
 class LoopTask(abc.ABC):
     """What the loop needs of a task. The loop advances ``global_step``; a stop signal sets
-    ``stop_requested`` (``fastairl.stop_signals``). ``dist`` is the process group info
+    ``stop_requested`` (``fastairl.runtime.stop_signals``). ``dist`` is the process group info
     (``distributed``, ``world_size``), ``device`` the training device, ``logger`` a
-    :class:`fastairl.logging_utils.RunLogger`, ``is_main`` whether this is rank 0 and
+    :class:`fastairl.runtime.logging_utils.RunLogger`, ``is_main`` whether this is rank 0 and
     ``steps_per_epoch`` the batches of one epoch on this rank."""
 
     global_step: int = 0

@@ -8,7 +8,7 @@ from fastairl.backbone_io import ENCODERS
 
 
 def encoder_tool_parser(prog: str, description: str, output_help: str, verb: str) -> argparse.ArgumentParser:
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
     ap = ArgumentParser(prog=prog, description=description)
     ap.add_argument("input", help="checkpoint (.pth / .pth.tar): pre-training, supervised or torchvision")
     ap.add_argument("output", help=output_help)

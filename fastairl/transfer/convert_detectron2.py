@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastairl.cli_util import error
+    from fastairl.runtime.cli_util import error
     args = build_parser().parse_args(argv)
     if not args.output.endswith(".pkl"):
         # detectron2 only unpickles weights from files named *.pkl; anything else it

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastairl.cli_util import error
+    from fastairl.runtime.cli_util import error
     args = build_parser().parse_args(argv)
     try:
         check_output_path(args.output, args.overwrite)

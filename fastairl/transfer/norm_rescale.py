@@ -158,7 +158,7 @@ def _pickle_weights(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastairl.cli_util import ArgumentParser
+    from fastairl.runtime.cli_util import ArgumentParser
     ap = ArgumentParser(
         prog="python -m fastairl.norm_rescale",
         description="Rescale every tensor of model B to the L2 norm of model A's same tensor.",
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fastairl.cli_util import error
+    from fastairl.runtime.cli_util import error
     args = build_parser().parse_args(argv)
     is_pkl = [Path(p).suffix == ".pkl" for p in (args.norm_from, args.weights_from)]
     try:

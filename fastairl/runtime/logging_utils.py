@@ -44,7 +44,7 @@ def drop_after_step(path: Path, step: int) -> int:
             cut = i
             break
     if cut < len(lines):
-        from fastairl.atomic_io import atomic_write_text
+        from fastairl.runtime.atomic_io import atomic_write_text
         atomic_write_text(path, "".join(lines[:cut]))
     return len(lines) - cut
 
