@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -438,6 +439,25 @@ def test_bad_files_give_clear_errors(packed, tmp_path):
     with pytest.raises(BetonError, match="do not belong together"):
         FFCVLoader(LoaderSpec(root=str(tmp_path), **spec))
 
+
+
+def test_every_packed_file_backend_names_the_classes_the_same_way(packed, tmp_path, caplog):
+    """One class-name rule for ffcv, nvjpeg and dali: a .beton without classes.json trains
+    with its classes numbered (logged), whichever backend reads it."""
+    from fastairl.data import build_loader
+    out, _ = packed
+    shutil.copy(out / "train.beton", tmp_path / "train.beton")
+    spec = LoaderSpec(root=str(tmp_path), split="train", recipe="moco_plus", image_size=32, batch_size=4,
+                      workers=1, extra={"source": "beton"})
+    want = [str(k) for k in range(len(SOURCES))]
+    ffcv_loader = FFCVLoader(LoaderSpec(root=str(tmp_path), split="train", recipe="moco_plus", image_size=32,
+                                        batch_size=4, workers=1))
+    assert ffcv_loader.classes == want and ffcv_loader.num_classes == len(SOURCES)
+    assert build_loader("nvjpeg", spec).classes == want
+    assert "has no classes.json beside it; naming the 3 classes by number" in caplog.text
+    with_names = FFCVLoader(LoaderSpec(root=str(out), split="train", recipe="moco_plus", image_size=32,
+                                       batch_size=4, workers=1))
+    assert with_names.classes == list(SOURCES)
 
 
 def test_missing_ffcv_names_the_fix(packed):

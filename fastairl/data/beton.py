@@ -315,3 +315,27 @@ def read_classes_json(root: str | os.PathLike) -> list[str] | None:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise BetonError(f"{path}: 'classes' must be a non-empty list of names; {_REWRITE}")
     return classes
+
+
+def class_names(path: str | os.PathLike, labels, owner: str, logger) -> list[str]:
+    """The class names of the packed file ``path`` with these ``labels``: its ``classes.json``,
+    or, without one, the classes numbered (logged once through the backend's ``logger``).
+
+    One rule for every backend that reads packed files (ffcv, nvjpeg, dali), so the same
+    file gives the same classes whichever backend reads it. A ``classes.json`` naming fewer
+    classes than the labels need belongs to another packing and is refused.
+    """
+    path = Path(path)
+    lo, hi = int(np.min(labels)), int(np.max(labels))
+    if lo < 0:
+        raise BetonError(f"{path} holds negative labels; {_REWRITE}")
+    classes = read_classes_json(path.parent)
+    if classes is None:
+        logger.warning("%s: %s has no classes.json beside it; naming the %d classes by number", owner, path, hi + 1)
+        return [str(k) for k in range(hi + 1)]
+    if len(classes) <= hi:
+        raise BetonError(f"{path} has labels in [{lo}, {hi}] but {path.parent / 'classes.json'} names "
+                         f"{len(classes)} classes; the two files do not belong together (they come from "
+                         f"different packings); {_REWRITE}")
+    return list(classes)
+

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader, read_classes_json
+from fastairl.data.beton import JPEG_MODE, BetonError, BetonReader
 
-__all__ = ["BetonError", "IMAGE_FIELD", "LABEL_FIELD", "check_beton", "has_ffcv_files", "read_classes"]
+__all__ = ["BetonError", "IMAGE_FIELD", "LABEL_FIELD", "check_beton", "has_ffcv_files"]
 
 #: Field names written by :func:`fastairl.data.ffcv_writer.write_ffcv`, in file order.
 IMAGE_FIELD = "image"
@@ -47,15 +47,6 @@ def _open_checked(path: str | os.PathLike) -> BetonReader:
         raise BetonError(f"{path} stores some images as raw pixels; fastairl reads JPEG-mode files as "
                          f"written by data_prep/write_ffcv.py; {_REWRITE_HINT}")
     return reader
-
-
-def read_classes(root: str | os.PathLike) -> list[str]:
-    """Class names in label order from ``<root>/classes.json`` (written by write_ffcv)."""
-    classes = read_classes_json(root)
-    if classes is None:
-        raise FileNotFoundError(f"{Path(root) / 'classes.json'} not found; it is written beside the .beton "
-                                f"files by data_prep/write_ffcv.py; {_REWRITE_HINT}")
-    return classes
 
 
 def has_ffcv_files(root: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> bool:

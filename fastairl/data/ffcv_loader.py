@@ -40,12 +40,16 @@ dali backends (same rule, same seeding) draw the same windows for the same batch
 image sizes. (Drawing inside the numba threads would give each thread its own
 unseedable stream.) The sample *order* comes from ffcv's traversal orders, seeded with
 ``spec.seed`` and the epoch: a full random permutation by default (see :class:`FFCVLoader`).
+It is the one backend that does not use :class:`~fastairl.data.sampler.ResumableDistributedSampler`:
+moving it would change the batches of every ffcv run already made (and their resume), and
+ffcv's page-aware ``quasi_random`` order has no counterpart there (``docs/data-backends.md``).
 
 Where the pieces live (split for issue #15, every name still importable from here):
 the numba crop+resize kernels and the eval window in :mod:`fastairl.data.ffcv_kernels`,
 the ffcv operation :class:`MultiViewCropDecoder` and :func:`decode_jpeg` in
-:mod:`fastairl.data.ffcv_decoder`, the ``.beton`` / ``classes.json`` checks in
-:mod:`fastairl.data.ffcv_files`; this module keeps the loader.
+:mod:`fastairl.data.ffcv_decoder`, the ``.beton`` checks in
+:mod:`fastairl.data.ffcv_files`; the class names follow the rule of every packed-file
+backend (:func:`fastairl.data.beton.class_names`); this module keeps the loader.
 """
 from __future__ import annotations
 
@@ -59,12 +63,12 @@ import numpy as np
 import torch
 
 from fastairl.data.base import LoaderSpec
-from fastairl.data.beton import BetonError
+from fastairl.data.beton import BetonError, class_names
 from fastairl.data.crop import batch_crops
 from fastairl.data.ffcv_decoder import (_BAD_WINDOW, _FFCV_IMPORT_ERROR, PARAM_COLUMNS,  # noqa: F401 (re-exported)
                                         MultiViewCropDecoder, decode_jpeg, require_ffcv)
 from fastairl.data.ffcv_files import (_REWRITE_HINT, IMAGE_FIELD, LABEL_FIELD,  # noqa: F401 (re-exported)
-                                      _open_checked, check_beton, has_ffcv_files, read_classes)
+                                      _open_checked, check_beton, has_ffcv_files)
 from fastairl.data.ffcv_kernels import eval_box, resize_box, resized_crop  # noqa: F401 (re-exported)
 from fastairl.data.recipes import get_recipe
 
@@ -86,7 +90,7 @@ torch.set_num_threads(_TORCH_THREADS)
 
 __all__ = [
     "BetonError", "FFCVLoader", "PARAM_COLUMNS", "MultiViewCropDecoder", "build_ffcv_loader",
-    "check_beton", "decode_jpeg", "eval_box", "has_ffcv_files", "read_classes",
+    "check_beton", "decode_jpeg", "eval_box", "has_ffcv_files",
     "require_ffcv", "resize_box", "resized_crop",
 ]
 
@@ -191,17 +195,13 @@ class FFCVLoader:
         if spec.world_size < 1 or not 0 <= spec.rank < spec.world_size:
             raise ValueError(f"rank {spec.rank} is not in [0, world_size={spec.world_size})")
         self.path = root / f"{spec.split}.beton"
-        self.classes = read_classes(root)
-        self.num_classes = len(self.classes)
         reader = _open_checked(self.path)
         self.num_samples = len(reader)
         # Image sizes, for drawing crop windows before a batch is decoded.
         self._heights = reader.heights.astype(np.int32)
         self._widths = reader.widths.astype(np.int32)
-        if int(reader.labels.min()) < 0 or int(reader.labels.max()) >= self.num_classes:
-            raise BetonError(f"{self.path} has labels in [{int(reader.labels.min())}, {int(reader.labels.max())}] "
-                             f"but {root / 'classes.json'} names {self.num_classes} classes; the two files do not "
-                             f"belong together; {_REWRITE_HINT}")
+        self.classes = class_names(self.path, reader.labels, "ffcv loader", log)
+        self.num_classes = len(self.classes)
         del reader
 
         self.recipe = get_recipe(spec.recipe) if spec.train else ()

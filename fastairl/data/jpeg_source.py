@@ -29,7 +29,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 
 from .base import LoaderSpec
-from .beton import BetonReader, read_classes_json
+from .beton import BetonReader, class_names
 from .crop import batch_crops
 from .recipes import get_recipe
 from .sampler import ResumableDistributedSampler
@@ -76,18 +76,7 @@ class BetonSamples:
             raise ValueError(f"{path} has no int label field (fields: {self.reader.field_types}); "
                              f"pack it with data_prep/write_ffcv.py")
         self.labels = np.asarray(self.reader.labels, dtype=np.int64)
-        if self.labels.min() < 0:
-            raise ValueError(f"{path} holds negative labels; pack it with data_prep/write_ffcv.py")
-        n_cls = int(self.labels.max()) + 1
-        classes = read_classes_json(path.parent)
-        if classes is None:
-            logger.warning("%s: %s has no classes.json beside it; naming the %d classes by number",
-                           owner, path, n_cls)
-            classes = [str(k) for k in range(n_cls)]
-        elif len(classes) < n_cls:
-            raise ValueError(f"{path.parent / 'classes.json'} names {len(classes)} classes but {path} holds "
-                             f"label {n_cls - 1}; the two files come from different packings")
-        self.classes = list(classes)
+        self.classes = class_names(path, self.labels, owner, logger)
 
     def __len__(self) -> int:
         return len(self.reader)
