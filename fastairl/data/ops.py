@@ -73,6 +73,8 @@ class AugmentOp:
 
 
 # -------------------------------------------------------------------- PIL twins (folder pipeline)
+# PIL and torchvision are imported when a twin is built or called: the batched path reads
+# this table too and needs neither.
 
 class PILGaussianBlur:
     """The reference's blur: PIL GaussianBlur with radius = sigma ~ U(lo, hi)."""
