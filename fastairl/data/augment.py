@@ -30,34 +30,27 @@ an exact identity, so each of the four jitter positions is one fused pass over t
 The pixel kernels are free functions of tensors only (no ``.item()``), so they can be
 ``torch.compile``-d; the row bookkeeping stays in eager Python.
 
-Where the pieces live (split for issue #15, every name still importable from here): the
-per-op kernels in :mod:`fastairl.data.augment_ops`, the row plan in
-:mod:`fastairl.data.augment_plan`; this module keeps the parameter draw and the batched
-entry point.
+Where the pieces live (split for issue #15, every name still importable from here): each
+op's recipe fields, parameter keys, draw, plan step, kernel call and folder-pipeline twin
+are one entry of :data:`fastairl.data.ops.OPS`, which this module iterates; the kernels are
+in :mod:`fastairl.data.augment_ops`, the row bookkeeping in
+:mod:`fastairl.data.augment_plan`; this module keeps the checks and the batched entry point.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
 
+from fastairl.data import ops as _ops
 from fastairl.data.augment_ops import (_LUMA, _blend_pass, _blur_shifted, _gaussian_taps,  # noqa: F401 (re-exported)
                                        _gray3, _is_max, _solarize, gaussian_blur, shift_hue, to_grayscale)
 from fastairl.data.augment_plan import (BRIGHTNESS, CONTRAST, HUE, SATURATION,  # noqa: F401 (re-exported)
-                                        _MAX_RUNS, _on_rows, _Plan, _select)
+                                        _MAX_RUNS, _on_rows, _select)
+from fastairl.data.ops import BLUR_TRUNCATE, PARAM_KEYS  # noqa: F401 (re-exported)
 from fastairl.data.recipes import MEAN, STD, ViewRecipe
 
 __all__ = ["GPUAugment", "gaussian_blur", "shift_hue", "to_grayscale", "PARAM_KEYS"]
-
-#: The keys of a parameter dict from :meth:`GPUAugment.sample_params`.
-PARAM_KEYS = ("jitter", "brightness", "contrast", "saturation", "hue", "order",
-              "gray", "blur", "sigma", "solarize", "flip")
-
-#: Gaussian blur window half-width in units of the largest sigma of the recipe. At 3 sigma
-#: the dropped tails change a real photo by about 0.04/255 (mean absolute) at sigma 2,
-#: a tenth of how far PIL's box-blur approximation itself is from a Gaussian.
-BLUR_TRUNCATE = 3.0
 
 #: Pixels per chunk when augmenting on the CPU (see :meth:`GPUAugment.apply`): small
 #: enough that a chunk's temporaries stay in the caches, large enough that per-op
@@ -83,12 +76,14 @@ class GPUAugment(torch.nn.Module):
     of uint8 ``(B, 3, H, W)`` views and returns normalised views in ``out_dtype``
     (float32, float16 or bfloat16; the arithmetic is float32 either way), in
     channels_last layout if ``channels_last``. ``flip_done=True`` says the loader
-    already flipped the crops (``loader.flipped``), so no flip is drawn here.
+    already flipped the crops (``loader.flipped``), so no flip is drawn here. The ops
+    are those of :data:`fastairl.data.ops.OPS` when the module is built.
     """
 
     def __init__(self, recipe: Sequence[ViewRecipe], out_dtype: torch.dtype = torch.float32,
                  channels_last: bool = True, flip_done: bool = False) -> None:
         super().__init__()
+        self.ops = tuple(_ops.OPS)
         views = tuple(recipe)
         if not views:
             raise ValueError("GPUAugment needs a recipe with at least one ViewRecipe; use "
@@ -107,33 +102,19 @@ class GPUAugment(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
-    @staticmethod
-    def _check_view(i: int, v: ViewRecipe) -> None:
-        for name in ("jitter_p", "gray_p", "blur_p", "solarize_p", "flip_p"):
-            p = getattr(v, name)
+    def _check_view(self, i: int, v: ViewRecipe) -> None:
+        for op in self.ops:
+            p = getattr(v, op.prob)
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"view {i}: {name}={p} is not a probability in [0, 1]")
-        if v.jitter is not None:
-            if len(v.jitter) != 4 or min(v.jitter) < 0:
-                raise ValueError(f"view {i}: jitter={v.jitter} must be 4 non-negative strengths (b, c, s, h)")
-            if v.jitter[3] > 0.5:
-                raise ValueError(f"view {i}: hue jitter {v.jitter[3]} exceeds 0.5 (a half turn)")
-        if v.blur_p > 0 and not 0.0 < v.blur_sigma[0] <= v.blur_sigma[1]:
-            raise ValueError(f"view {i}: blur_sigma={v.blur_sigma} must satisfy 0 < min <= max")
-        if not 0 <= v.solarize_threshold <= 255:
-            raise ValueError(f"view {i}: solarize_threshold={v.solarize_threshold} must be in 0..255")
+                raise ValueError(f"view {i}: {op.prob}={p} is not a probability in [0, 1]")
+        for op in self.ops:
+            op.check(i, v)
 
     def extra_repr(self) -> str:
         return (f"views={len(self.recipe)}, out_dtype={self.out_dtype}, "
                 f"channels_last={self.channels_last}, flip_done={self.flip_done}")
 
     # ------------------------------------------------------------------ parameters
-    def _jitter_ranges(self, v: ViewRecipe) -> tuple[tuple[float, float], ...]:
-        """(low, high) of brightness, contrast, saturation factors and of the hue shift."""
-        b, c, s, h = v.jitter if v.jitter is not None else (0.0, 0.0, 0.0, 0.0)
-        return ((max(0.0, 1.0 - b), 1.0 + b), (max(0.0, 1.0 - c), 1.0 + c),
-                (max(0.0, 1.0 - s), 1.0 + s), (-h, h))
-
     def _draw(self, view_index: int, batch_size: int,
               generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
         """All choices for one view, drawn on the generator's device (CPU by default)."""
@@ -141,26 +122,8 @@ class GPUAugment(torch.nn.Module):
             raise IndexError(f"view_index {view_index} out of range for a {len(self.recipe)}-view recipe")
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-        v = self.recipe[view_index]
         dev = generator.device if generator is not None else torch.device("cpu")
-        u = torch.rand(batch_size, 14, generator=generator, device=dev)
-        do_jitter = v.jitter is not None and any(j > 0 for j in v.jitter)
-        (b0, b1), (c0, c1), (s0, s1), (h0, h1) = self._jitter_ranges(v)
-        sig0, sig1 = v.blur_sigma
-        return {
-            "jitter": (u[:, 0] < v.jitter_p) if do_jitter else torch.zeros(batch_size, dtype=torch.bool, device=dev),
-            "brightness": b0 + (b1 - b0) * u[:, 1],
-            "contrast": c0 + (c1 - c0) * u[:, 2],
-            "saturation": s0 + (s1 - s0) * u[:, 3],
-            "hue": h0 + (h1 - h0) * u[:, 4],
-            # argsort of i.i.d. uniforms is a uniformly random permutation per row.
-            "order": u[:, 5:9].argsort(dim=1),
-            "gray": u[:, 9] < v.gray_p,
-            "blur": u[:, 10] < v.blur_p,
-            "sigma": sig0 + (sig1 - sig0) * u[:, 11],
-            "solarize": u[:, 12] < v.solarize_p,
-            "flip": (u[:, 13] < (0.0 if self.flip_done else v.flip_p)),
-        }
+        return _ops.draw(self.ops, self.recipe[view_index], batch_size, generator, dev, self.flip_done)
 
     def sample_params(self, view_index: int, batch_size: int, device: torch.device | str | None = None,
                       generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
@@ -174,7 +137,8 @@ class GPUAugment(torch.nn.Module):
         ``flip_done``). Factors are drawn even where their op is off so every row has
         a caption; a jitter strength of 0 in the recipe disables that part (as
         torchvision's ``None``). Draws on ``generator``'s device (the CPU when None)
-        and returns tensors on ``device`` (the draw device when None).
+        and returns tensors on ``device`` (the draw device when None). The keys and
+        the draw order are those of :data:`fastairl.data.ops.OPS`.
         """
         params = self._draw(view_index, batch_size, generator)
         if device is None:
@@ -182,13 +146,13 @@ class GPUAugment(torch.nn.Module):
         return {k: t.to(device) for k, t in params.items()}
 
     # ------------------------------------------------------------------ pixels
-    @staticmethod
-    def _check_params(params: dict[str, torch.Tensor], batch: int) -> None:
-        missing = [k for k in PARAM_KEYS if k not in params]
+    def _check_params(self, params: dict[str, torch.Tensor], batch: int) -> None:
+        keys = {k: shape for op in self.ops for k, shape in op.keys.items()}
+        missing = [k for k in keys if k not in params]
         if missing:
             raise ValueError(f"augmentation params lack {missing}; get them from GPUAugment.sample_params")
-        for k in PARAM_KEYS:
-            want = (batch, 4) if k == "order" else (batch,)
+        for k, shape in keys.items():
+            want = (batch, *shape)
             if tuple(params[k].shape) != want:
                 raise ValueError(f"augmentation param {k!r} has shape {tuple(params[k].shape)}, "
                                  f"expected {want} for a batch of {batch}")
@@ -214,7 +178,7 @@ class GPUAugment(torch.nn.Module):
             raise ValueError(f"a view must be uint8 (or float in [0, 1]), got {x_uint8.dtype}")
         batch, _, h, w = x_uint8.shape
         self._check_params(params, batch)
-        plan = _Plan(params, view_recipe, not self.flip_done, x_uint8.device)
+        plan = _ops.Plan(self.ops, params, view_recipe, self.flip_done, x_uint8.device)
         chunk = batch
         if x_uint8.device.type == "cpu":
             chunk = max(1, min(batch, CPU_CHUNK_PIXELS // max(1, h * w)))
@@ -232,7 +196,7 @@ class GPUAugment(torch.nn.Module):
                                                     final=False))
         return out
 
-    def _apply_rows(self, x_uint8: torch.Tensor, plan: _Plan, start: int, v: ViewRecipe,
+    def _apply_rows(self, x_uint8: torch.Tensor, plan: _ops.Plan, start: int, v: ViewRecipe,
                     normalize: bool, final: bool = True) -> torch.Tensor:
         """:meth:`apply` on the rows ``start:start + len(x_uint8)`` of the batch; with
         ``final=False`` the result stays float32 and contiguous (the caller converts)."""
@@ -241,26 +205,7 @@ class GPUAugment(torch.nn.Module):
         else:
             x = x_uint8.to(torch.float32, copy=True)
         dev = x.device
-        stop = start + x.shape[0]
-        if plan.gray and v.gray_before_jitter:
-            x = _on_rows(x, _select(plan.gray, start, stop, dev), _gray3)
-        for coef, blend, need_gray, hue in plan.positions:
-            if coef is not None and any(blend[start:stop]):
-                c = coef[:, start:stop]
-                x = _blend_pass(x, c[0], c[1], c[2], need_gray=any(need_gray[start:stop]))
-            if plan.hue is not None:
-                x = _on_rows(x, _select(hue, start, stop, dev), shift_hue, plan.hue[start:stop])
-        if plan.gray and not v.gray_before_jitter:
-            x = _on_rows(x, _select(plan.gray, start, stop, dev), _gray3)
-        if plan.blur:
-            radius = max(1, math.ceil(BLUR_TRUNCATE * v.blur_sigma[1]))
-            x = _on_rows(x, _select(plan.blur, start, stop, dev), lambda t, sg: gaussian_blur(t, sg, radius),
-                         plan.sigma[start:stop])
-        if plan.solarize:
-            thr = v.solarize_threshold / 255.0
-            x = _on_rows(x, _select(plan.solarize, start, stop, dev), lambda t: _solarize(t, thr))
-        if plan.flip:
-            x = _on_rows(x, _select(plan.flip, start, stop, dev), lambda t: t.flip(-1))
+        x = plan.apply(x, start, v)
         if not normalize:
             return x
         mean, std = self.mean, self.std

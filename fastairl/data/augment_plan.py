@@ -1,10 +1,12 @@
 """Row bookkeeping of :class:`fastairl.data.augment.GPUAugment`: which rows get which op.
 
 Why its own module: the parameters drawn per sample are turned once per view batch into
-host-side row choices and fused jitter-blend coefficients (:class:`_Plan`), and
-:func:`_select` / :func:`_on_rows` run a kernel of :mod:`fastairl.data.augment_ops` on
-exactly the chosen rows (slices where they are runs, ``index_select`` / ``index_copy_``
-otherwise) without waiting for the device. Split out of ``augment.py`` (issue #15).
+host-side row choices (:func:`flags`) and fused jitter-blend coefficients
+(:func:`jitter_plan`), and :func:`_select` / :func:`_on_rows` run a kernel of
+:mod:`fastairl.data.augment_ops` on exactly the chosen rows (slices where they are runs,
+``index_select`` / ``index_copy_`` otherwise) without waiting for the device. Which op
+plans and applies what is declared per op in :mod:`fastairl.data.ops`. Split out of
+``augment.py`` (issue #15).
 """
 from __future__ import annotations
 
@@ -62,49 +64,42 @@ def _on_rows(x: torch.Tensor, rows, fn, *per_row: torch.Tensor) -> torch.Tensor:
     return x.index_copy_(0, rows, out.to(x.dtype))
 
 
-class _Plan:
-    """Everything :meth:`GPUAugment.apply` decides from the parameters, once per view batch.
+def flags(params: dict[str, torch.Tensor], key: str, used: bool) -> list[bool]:
+    """``params[key]`` as host-side booleans, or no rows when the op is not ``used``."""
+    return [bool(f) for f in params[key].bool().tolist()] if used else []
 
-    Row choices become host-side lists of booleans and the jitter becomes, per position,
-    blend coefficients ``(3, B)`` on the device plus flags, so that working through the
-    batch (in one piece on CUDA, in cache-sized chunks on the CPU) costs no per-chunk
-    bookkeeping on small tensors and no device synchronisation.
+
+def jitter_plan(params: dict[str, torch.Tensor], v: ViewRecipe, device: torch.device
+                ) -> tuple[list[tuple[Optional[torch.Tensor], list[bool], list[bool], list[bool]]],
+                           Optional[torch.Tensor]]:
+    """The colour jitter of a view batch as four fused passes, for a recipe with jitter on.
+
+    Returns, per position k of the drawn orders, (blend coefficients ``(3, B, 1, 1, 1)`` on
+    ``device`` or None, blend flags, flags of the rows that need gray, hue flags), and the
+    hue shifts on ``device`` (None when the recipe has no hue part).
     """
-
-    def __init__(self, params: dict[str, torch.Tensor], v: ViewRecipe, flip_here: bool,
-                 device: torch.device) -> None:
-        def flags(key: str, used: bool) -> list[bool]:
-            return [bool(f) for f in params[key].bool().tolist()] if used else []
-
-        self.gray = flags("gray", v.gray_p > 0)
-        self.blur = flags("blur", v.blur_p > 0)
-        self.solarize = flags("solarize", v.solarize_p > 0)
-        self.flip = flags("flip", v.flip_p > 0 and flip_here)
-        self.sigma = params["sigma"].to(device, torch.float32, non_blocking=True) if v.blur_p > 0 else None
-        # Jitter: per position k, (coef (3, B, 1, 1, 1) or None, blend flags, gray flags, hue flags).
-        self.positions: list[tuple[Optional[torch.Tensor], list[bool], list[bool], list[bool]]] = []
-        self.hue: Optional[torch.Tensor] = None
-        if v.jitter is None or v.jitter_p <= 0 or not any(j > 0 for j in v.jitter):
-            return
-        strength = v.jitter
-        on = params["jitter"].bool().cpu()
-        order = params["order"].to("cpu", torch.long)
-        factors = torch.stack([params["brightness"], params["contrast"], params["saturation"]], 1).cpu().float()
-        if strength[3] > 0:
-            self.hue = params["hue"].to(device, torch.float32, non_blocking=True)
-        for k in range(4):
-            op = order[:, k]
-            # Coefficients of the fused blend; a disabled part (strength 0) is an identity.
-            is_b = on & (op == BRIGHTNESS) & (strength[0] > 0)
-            is_c = on & (op == CONTRAST) & (strength[1] > 0)
-            is_s = on & (op == SATURATION) & (strength[2] > 0)
-            blend = is_b | is_c | is_s
-            coef = None
-            if bool(blend.any()):
-                f = factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1)
-                a = torch.where(blend, f, torch.ones_like(f))
-                cg = torch.where(is_s, 1.0 - f, torch.zeros_like(f))
-                cm = torch.where(is_c, 1.0 - f, torch.zeros_like(f))
-                coef = torch.stack([a, cg, cm]).to(device, non_blocking=True).view(3, -1, 1, 1, 1)
-            hue = (on & (op == HUE)) if strength[3] > 0 else torch.zeros_like(on)
-            self.positions.append((coef, blend.tolist(), (is_c | is_s).tolist(), hue.tolist()))
+    positions: list[tuple[Optional[torch.Tensor], list[bool], list[bool], list[bool]]] = []
+    hue_shift: Optional[torch.Tensor] = None
+    strength = v.jitter
+    on = params["jitter"].bool().cpu()
+    order = params["order"].to("cpu", torch.long)
+    factors = torch.stack([params["brightness"], params["contrast"], params["saturation"]], 1).cpu().float()
+    if strength[3] > 0:
+        hue_shift = params["hue"].to(device, torch.float32, non_blocking=True)
+    for k in range(4):
+        op = order[:, k]
+        # Coefficients of the fused blend; a disabled part (strength 0) is an identity.
+        is_b = on & (op == BRIGHTNESS) & (strength[0] > 0)
+        is_c = on & (op == CONTRAST) & (strength[1] > 0)
+        is_s = on & (op == SATURATION) & (strength[2] > 0)
+        blend = is_b | is_c | is_s
+        coef = None
+        if bool(blend.any()):
+            f = factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1)
+            a = torch.where(blend, f, torch.ones_like(f))
+            cg = torch.where(is_s, 1.0 - f, torch.zeros_like(f))
+            cm = torch.where(is_c, 1.0 - f, torch.zeros_like(f))
+            coef = torch.stack([a, cg, cm]).to(device, non_blocking=True).view(3, -1, 1, 1, 1)
+        hue = (on & (op == HUE)) if strength[3] > 0 else torch.zeros_like(on)
+        positions.append((coef, blend.tolist(), (is_c | is_s).tolist(), hue.tolist()))
+    return positions, hue_shift

@@ -10,11 +10,13 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms as T
 
+from . import ops as op_table
 from .base import LoaderSpec
+from .ops import PILGaussianBlur, PILSolarize  # noqa: F401 (re-exported: their old home)
 from .recipes import MEAN, STD, ViewRecipe, eval_resize_size, get_recipe
 from .sampler import ResumableDistributedSampler
 
@@ -43,42 +45,12 @@ def cap_workers(requested: int) -> int:
     return cpus
 
 
-class PILGaussianBlur:
-    """The reference's blur: PIL GaussianBlur with radius = sigma ~ U(lo, hi)."""
-
-    def __init__(self, sigma: tuple[float, float]):
-        self.sigma = sigma
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
-
-
-class PILSolarize:
-    def __init__(self, threshold: int):
-        self.threshold = threshold
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return ImageOps.solarize(img, self.threshold)
-
-
 def view_transform(v: ViewRecipe, size: int) -> T.Compose:
-    """torchvision transforms of one view, in the reference's order."""
+    """torchvision transforms of one view, in the reference's order: the crop, then the
+    transform of each op of :data:`fastairl.data.ops.OPS` in the order the ops act (the
+    order the batched path applies them in too), then ToTensor and Normalize."""
     ops: list = [T.RandomResizedCrop(size, scale=v.crop_scale, ratio=v.crop_ratio)]
-    jitter = None
-    if v.jitter is not None and v.jitter_p > 0:
-        b, c, s, h = v.jitter
-        jitter = T.ColorJitter(b, c, s, h)
-        if v.jitter_p < 1.0:
-            jitter = T.RandomApply([jitter], p=v.jitter_p)
-    gray = T.RandomGrayscale(p=v.gray_p) if v.gray_p > 0 else None
-    seq = [gray, jitter] if v.gray_before_jitter else [jitter, gray]
-    ops += [op for op in seq if op is not None]
-    if v.blur_p > 0:
-        ops.append(T.RandomApply([PILGaussianBlur(v.blur_sigma)], p=v.blur_p))
-    if v.solarize_p > 0:
-        ops.append(T.RandomApply([PILSolarize(v.solarize_threshold)], p=v.solarize_p))
-    if v.flip_p > 0:
-        ops.append(T.RandomHorizontalFlip(p=v.flip_p))
+    ops += [t for t in (op.pil(v) for op in op_table.in_order(op_table.OPS, v)) if t is not None]
     ops += [T.ToTensor(), T.Normalize(MEAN, STD)]
     return T.Compose(ops)
 

@@ -3,9 +3,9 @@
 Why one table: what the preview knows about an op (its keys in a dump and what they
 hold, their 'not drawn' values, how the folder loader's draw is recorded and read back,
 its caption text, the statistics row that checks it against the recipe) belongs
-together, so adding an op to the preview is one entry here. The op's recipe field, its
-draw and kernel in ``GPUAugment`` and its torchvision transform in
-``fastairl.data.folder.view_transform`` live in ``fastairl.data``.
+together, so adding an op to the preview is one entry here. The op's draw, plan step,
+kernel call and folder-pipeline transform are its entry in ``fastairl.data.ops.OPS``, its
+recipe field is in ``fastairl.data.recipes``.
 """
 from __future__ import annotations
 
