@@ -81,7 +81,14 @@ def test_every_backend_builds_a_loader_of_its_declared_output(name, demo_root):
     try:
         assert loader.output == registry.get(name).output
         loader.set_epoch(0)
-        views, labels = next(iter(loader))
+        it = iter(loader)
+        try:
+            views, labels = next(it)
+        finally:
+            # end the pass now: a suspended ffcv pass keeps its loading thread running, and
+            # numba then compiles the next test's ffcv pipeline beside it and can fail
+            if callable(getattr(it, "close", None)):
+                it.close()
         want = torch.uint8 if loader.output == "uint8" else torch.float32
         assert len(views) == 2 and all(v.dtype == want and v.shape[:2] == (4, 3) for v in views)
         assert labels.dtype == torch.int64 and labels.shape == (4,)
