@@ -408,6 +408,33 @@ def test_loaders_come_and_go_without_numba_tracebacks(packed, tmp_path):
     assert "Exception ignored" not in r.stderr and "KeyError" not in r.stderr, r.stderr[-3000:]
 
 
+_ONE_THEN_SEVERAL_WORKERS = textwrap.dedent("""
+    import sys
+    from fastairl.data.base import LoaderSpec
+    from fastairl.data.ffcv_loader import FFCVLoader
+    for workers in [int(w) for w in sys.argv[2].split(",")]:
+        loader = FFCVLoader(LoaderSpec(root=sys.argv[1], split="train", recipe="moco_plus", image_size=32,
+                                       batch_size=4, workers=workers))
+        loader.set_epoch(0)
+        n = sum(1 for _ in loader)
+        assert n == len(loader), (n, len(loader))
+    print("done")
+""")
+
+
+@pytest.mark.parametrize("order", ["1,2", "2,1"])
+def test_loaders_with_one_and_several_workers_in_one_process(packed, tmp_path, order):
+    """A serial (1 worker) and a parallel (2 workers) ffcv pipeline in one process, in either
+    order: sharing one compiled JPEG call between the two kinds made the second fail inside
+    numba with a KeyError (e.g. a one-worker loader built by one part of a job, then a
+    training loader with workers)."""
+    out, _ = packed
+    script = tmp_path / "one_then_several.py"
+    script.write_text(_ONE_THEN_SEVERAL_WORKERS)
+    r = run_cli([str(script), str(out), order], timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr[-3000:]
+
+
 def test_distributed_spec_needs_process_group(packed):
     out, _ = packed
     with pytest.raises(RuntimeError, match="init_process_group"):

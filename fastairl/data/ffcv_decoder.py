@@ -80,22 +80,26 @@ def _check_windows(params: np.ndarray, height: int, width: int) -> bool:
     return True
 
 
-_IMDECODE_JIT = None
+_IMDECODE_JIT: dict[bool, object] = {}
 
 
 def _imdecode_jit():
-    """ffcv's libjpeg-turbo call compiled once per process and shared by every decoder.
+    """ffcv's libjpeg-turbo call compiled once per process (per kind of caller) and shared
+    by every decoder.
 
     Compiling it per loader (``Compiler.compile`` makes a new numba dispatcher each time)
     gives several dispatchers of one function; when a loader is garbage-collected, numba's
     finalizer then removes overloads another dispatcher already removed and prints a
     ``KeyError`` traceback ("Exception ignored in: <finalize object ...>"), e.g. after every
-    kNN evaluation. It is not parallel, so one compiled version serves every thread count.
+    kNN evaluation. One dispatcher must not serve both a parallel caller (a loader with
+    several workers: its pipeline is a ``prange`` loop) and a serial one (one worker):
+    the second kind to compile then fails inside numba with a ``KeyError`` on the first
+    kind's signature. So there is one dispatcher per kind, each shared by its loaders.
     """
-    global _IMDECODE_JIT
-    if _IMDECODE_JIT is None:
-        _IMDECODE_JIT = Compiler.compile(_ffcv_imdecode)
-    return _IMDECODE_JIT
+    parallel = Compiler.num_threads > 1
+    if parallel not in _IMDECODE_JIT:
+        _IMDECODE_JIT[parallel] = Compiler.compile(_ffcv_imdecode)
+    return _IMDECODE_JIT[parallel]
 
 
 class MultiViewCropDecoder(SimpleRGBImageDecoder):
